@@ -1,0 +1,231 @@
+//! The Connection actor: owns one client socket and its [`Session`], runs hooks, streams the
+//! body to a Transaction actor and writes replies. It is a thin loop around the sans-IO
+//! session: read → `session.next()` → act → write.
+//!
+//! Panics in plugins or in the session are caught here, counted, and answered with
+//! `421 4.3.0`; the worker and every other connection keep running.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::transaction::{Chunk, Commit, TransactionActor};
+use crate::hooks::{Connection, HookContext, PluginChain};
+use crate::metrics::{inc, metrics};
+use crate::protocol::session::{Action, CommitError, Session, SessionConfig};
+use crate::protocol::Reply;
+use crate::queue::spool::{CommitRequest, Spool};
+
+/// What every connection of a worker shares.
+pub struct Shared {
+    pub chain: Arc<PluginChain>,
+    pub session: Arc<SessionConfig>,
+    pub spool: Arc<Spool>,
+    pub spool_after: usize,
+    pub inactivity: Duration,
+}
+
+pub struct ConnectionActor {
+    driver: Option<Driver>,
+}
+
+impl ConnectionActor {
+    pub fn new(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shared: Arc<Shared>) -> Self {
+        let conn = Connection::new(peer, local);
+        let session = Session::new(shared.session.clone(), conn);
+        ConnectionActor {
+            driver: Some(Driver {
+                stream,
+                session,
+                shared,
+                txn: None,
+                greeted: false,
+            }),
+        }
+    }
+}
+
+impl Actor for ConnectionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        inc(&metrics().connection.started);
+        if let Some(driver) = self.driver.take() {
+            ctx.spawn(driver.run().into_actor(self).map(|_, _, ctx| ctx.stop()));
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        inc(&metrics().connection.stopped);
+    }
+}
+
+thread_local! {
+    /// One read buffer per worker thread: an idle connection holds no buffer of its own.
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
+}
+
+/// The connection loop's state, moved into the actor's future.
+struct Driver {
+    stream: TcpStream,
+    session: Session,
+    shared: Arc<Shared>,
+    txn: Option<Addr<TransactionActor>>,
+    greeted: bool,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        loop {
+            let action = match std::panic::catch_unwind(AssertUnwindSafe(|| self.session.next())) {
+                Ok(a) => a,
+                Err(_) => return self.internal_error("session").await,
+            };
+            match action {
+                Action::Hook(h) => {
+                    if !self.hook(h).await {
+                        return;
+                    }
+                }
+                Action::Body(bytes) => self.body(bytes).await,
+                Action::Commit => self.commit().await,
+                Action::Discard => self.txn = None,
+                Action::NeedInput => self.input().await,
+                Action::Close => return self.close().await,
+            }
+        }
+    }
+
+    /// Run the plugin chain; false when a plugin panicked (the connection is then closed).
+    async fn hook(&mut self, hook: crate::hooks::Hook) -> bool {
+        let chain = self.shared.chain.clone();
+        let (conn, txn) = self.session.states_mut();
+        let mut cx = HookContext { conn, txn };
+        match chain.run(&hook, &mut cx).await {
+            Ok(r) => {
+                self.session.hook_done(r);
+                true
+            }
+            Err(p) => {
+                tracing::error!(uuid = %self.session.conn().uuid, error = %p, "plugin panic");
+                self.internal_error(p.hook).await;
+                false
+            }
+        }
+    }
+
+    async fn internal_error(&mut self, what: &str) {
+        inc(&metrics().connection.panics);
+        tracing::error!(uuid = %self.session.conn().uuid, what, "panic caught, closing connection");
+        let mut out = Vec::new();
+        Reply::ext(421, (4, 3, 0), "Internal error, closing connection").write_to(&mut out);
+        let _ = tokio::time::timeout(self.shared.inactivity, self.stream.write_all(&out)).await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    fn transaction(&mut self) -> Addr<TransactionActor> {
+        if let Some(a) = &self.txn {
+            return a.clone();
+        }
+        let uuid = self.session.txn().map(|t| t.uuid.clone()).unwrap_or_default();
+        let actor = TransactionActor::new(self.shared.spool.clone(), self.shared.spool_after, uuid);
+        let addr = actor.start();
+        self.txn = Some(addr.clone());
+        addr
+    }
+
+    /// Stream body bytes to the Transaction actor; `send` waits when its mailbox is full.
+    async fn body(&mut self, bytes: Vec<u8>) {
+        let addr = self.transaction();
+        if addr.send(Chunk(bytes)).await.is_err() {
+            tracing::warn!(uuid = %self.session.conn().uuid, "transaction actor gone");
+        }
+    }
+
+    async fn commit(&mut self) {
+        self.flush().await;
+        let Some(txn) = self.session.txn() else {
+            return self.session.commit_done(Err(CommitError::Temporary("no transaction".into())));
+        };
+        let req = CommitRequest {
+            uuid: txn.uuid.clone(),
+            mail_from: txn.mail_from.clone(),
+            mail_params: txn.mail_params.clone(),
+            rcpt_to: txn.rcpt_to.clone(),
+            notes: txn.notes.clone(),
+            queue_time: txn.start_ms,
+        };
+        let addr = self.transaction();
+        self.txn = None;
+        let r = match addr.send(Commit(req)).await {
+            Ok(r) => r,
+            Err(e) => Err(CommitError::Temporary(e.to_string())),
+        };
+        self.session.commit_done(r.map(|names| names.join(",")));
+    }
+
+    /// Write pending replies; false when the client is gone or stuck.
+    async fn flush(&mut self) -> bool {
+        if !self.session.has_output() {
+            return true;
+        }
+        let out = self.session.take_output();
+        matches!(
+            tokio::time::timeout(self.shared.inactivity, self.stream.write_all(&out)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn input(&mut self) {
+        if !self.greeted {
+            self.greeted = true;
+            self.early_input();
+        }
+        if !self.flush().await {
+            return self.session.peer_closed();
+        }
+        match tokio::time::timeout(self.shared.inactivity, self.stream.readable()).await {
+            Err(_) => self.session.timed_out(),
+            Ok(Err(_)) => self.session.peer_closed(),
+            Ok(Ok(())) => self.read_ready(),
+        }
+    }
+
+    /// Input already waiting before the banner went out: an early talker.
+    fn early_input(&mut self) {
+        READ_BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            if let Ok(n) = self.stream.try_read(&mut b) {
+                if n == 0 {
+                    self.session.peer_closed();
+                } else {
+                    self.session.receive_early(&b[..n]);
+                }
+            }
+        });
+    }
+
+    fn read_ready(&mut self) {
+        READ_BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            match self.stream.try_read(&mut b) {
+                Ok(0) => self.session.peer_closed(),
+                Ok(n) => self.session.receive(&b[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => self.session.peer_closed(),
+            }
+        });
+    }
+
+    async fn close(mut self) {
+        self.txn = None;
+        self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}

@@ -1,0 +1,60 @@
+//! The Listener actor: one per worker arbiter, on its own SO_REUSEPORT socket, so the kernel
+//! spreads connections over workers and an accepted connection never crosses threads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::connection::{ConnectionActor, Shared};
+
+pub struct Listener {
+    socket: Option<std::net::TcpListener>,
+    shared: Arc<Shared>,
+}
+
+impl Listener {
+    pub fn new(socket: std::net::TcpListener, shared: Arc<Shared>) -> Self {
+        Listener {
+            socket: Some(socket),
+            shared,
+        }
+    }
+}
+
+impl Actor for Listener {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        ctx.spawn(accept_loop(socket, shared).into_actor(self));
+    }
+}
+
+async fn accept_loop(socket: std::net::TcpListener, shared: Arc<Shared>) {
+    let listener = match tokio::net::TcpListener::from_std(socket) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot use listener socket");
+            return;
+        }
+    };
+    let local = listener.local_addr().ok();
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+                ConnectionActor::new(stream, peer, local, shared.clone()).start();
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The Transaction actor: receives one message's body as it streams in and commits it to the
+//! queue. Small bodies stay in memory; past `spool_after` bytes they go to a spool file, so
+//! memory does not grow with message size.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::metrics::{inc, metrics};
+use crate::protocol::session::CommitError;
+use crate::queue::spool::{CommitRequest, MessageBody, Spool};
+
+/// Body bytes in stored form.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Chunk(pub Vec<u8>);
+
+/// Commit the message; answers with the queue file names.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, CommitError>")]
+pub struct Commit(pub CommitRequest);
+
+pub struct TransactionActor {
+    spool: Arc<Spool>,
+    spool_after: usize,
+    uuid: String,
+    tail: Vec<u8>,
+    file: Option<(File, PathBuf)>,
+    /// A write to the spool file failed; the commit will answer with it.
+    failed: Option<std::io::Error>,
+}
+
+impl TransactionActor {
+    pub fn new(spool: Arc<Spool>, spool_after: usize, uuid: String) -> Self {
+        TransactionActor {
+            spool,
+            spool_after,
+            uuid,
+            tail: Vec::new(),
+            file: None,
+            failed: None,
+        }
+    }
+
+    /// Move the in-memory part to the spool file.
+    fn spill(&mut self) -> std::io::Result<()> {
+        if self.file.is_none() {
+            let path = self.spool.body_path(&self.uuid);
+            let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+            self.file = Some((f, path));
+        }
+        if let Some((f, _)) = self.file.as_mut() {
+            f.write_all(&self.tail)?;
+        }
+        self.tail.clear();
+        Ok(())
+    }
+}
+
+impl Actor for TransactionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(16);
+        inc(&metrics().transaction.started);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        inc(&metrics().transaction.stopped);
+        // The spool file is only a staging copy: the queue files (if any) hold the message.
+        if let Some((_, path)) = self.file.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Handler<Chunk> for TransactionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Chunk, _: &mut Self::Context) {
+        if self.failed.is_some() {
+            return;
+        }
+        if self.tail.is_empty() {
+            self.tail = msg.0;
+        } else {
+            self.tail.extend_from_slice(&msg.0);
+        }
+        if self.tail.len() > self.spool_after {
+            if let Err(e) = self.spill() {
+                self.failed = Some(e);
+            }
+        }
+    }
+}
+
+impl Handler<Commit> for TransactionActor {
+    type Result = ResponseFuture<Result<Vec<String>, CommitError>>;
+
+    fn handle(&mut self, msg: Commit, ctx: &mut Self::Context) -> Self::Result {
+        let spool = self.spool.clone();
+        let failed = self.failed.take();
+        // The commit owns the spool file from here and removes it when done.
+        let spooled = self.file.take().map(|(_, p)| p);
+        let body = MessageBody {
+            spooled: spooled.clone(),
+            tail: std::mem::take(&mut self.tail),
+        };
+        ctx.stop();
+        Box::pin(async move {
+            if let Some(e) = failed {
+                return Err(CommitError::Temporary(e.to_string()));
+            }
+            let res = actix_rt::task::spawn_blocking(move || {
+                let r = spool.commit(&msg.0, &body);
+                if let Some(p) = spooled {
+                    let _ = std::fs::remove_file(p);
+                }
+                r
+            })
+            .await;
+            let res = res.unwrap_or_else(|e| Err(CommitError::Temporary(format!("commit task failed: {e}"))));
+            match &res {
+                Ok(_) => inc(&metrics().messages_queued),
+                Err(_) => inc(&metrics().commit_errors),
+            }
+            res
+        })
+    }
+}

@@ -1,0 +1,185 @@
+//! The plugin trait and the chain that runs plugins for a hook.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::LocalBoxFuture;
+use futures_util::FutureExt;
+
+use super::hook::{Hook, HookName, HookSet};
+use super::outcome::{HookResult, Outcome};
+use super::state::{Connection, Transaction};
+use crate::config::{Config, ConfigError};
+
+/// What a plugin sees during a hook: the connection and, from MAIL on, the transaction.
+pub struct HookContext<'a> {
+    pub conn: &'a mut Connection,
+    pub txn: Option<&'a mut Transaction>,
+}
+
+/// A plugin's answer: ready now (the common case, no allocation), or a future for plugins
+/// that wait on something (a timer, DNS, another server).
+pub enum HookReturn<'a> {
+    Done(HookResult),
+    Later(LocalBoxFuture<'a, HookResult>),
+}
+
+impl From<HookResult> for HookReturn<'_> {
+    fn from(r: HookResult) -> Self {
+        HookReturn::Done(r)
+    }
+}
+
+/// A built-in plugin. Adding one is a new file under `src/plugins/` and one line in the
+/// registry; the core does not change.
+pub trait Plugin: Send + Sync {
+    /// The Haraka name, as written in `config/plugins`.
+    fn name(&self) -> &str;
+    /// The hooks this plugin wants, in no particular order.
+    fn hooks(&self) -> &[HookName];
+    /// Run one hook.
+    fn call<'a>(&'a self, hook: &'a Hook, cx: &'a mut HookContext<'_>) -> HookReturn<'a>;
+    /// `config/<name>.timeout`, when the plugin has its own.
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// Builds a plugin from the config directory.
+pub type PluginFactory = Arc<dyn Fn(&Config) -> Result<Arc<dyn Plugin>, ConfigError> + Send + Sync>;
+
+/// Known plugin names and how to build them.
+#[derive(Clone, Default)]
+pub struct PluginRegistry {
+    factories: HashMap<String, PluginFactory>,
+}
+
+impl PluginRegistry {
+    /// A registry with every built-in plugin.
+    pub fn builtin() -> Self {
+        let mut r = PluginRegistry::default();
+        crate::plugins::register_builtins(&mut r);
+        r
+    }
+
+    /// Add (or replace) a plugin under `name`.
+    pub fn register<F>(&mut self, name: &str, f: F)
+    where
+        F: Fn(&Config) -> Result<Arc<dyn Plugin>, ConfigError> + Send + Sync + 'static,
+    {
+        self.factories.insert(name.to_string(), Arc::new(f));
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.factories.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Build the chain for `config/plugins`. An unknown name stops start-up.
+    pub fn build(&self, cfg: &Config) -> Result<PluginChain, ConfigError> {
+        let mut plugins = Vec::new();
+        for name in &cfg.plugins {
+            let f = self.factories.get(name).ok_or_else(|| {
+                ConfigError::new(
+                    "plugins",
+                    None,
+                    format!("unknown plugin '{name}' (built-in plugins: {})", self.names().join(", ")),
+                )
+            })?;
+            plugins.push(f(cfg)?);
+        }
+        Ok(PluginChain::new(plugins, cfg.plugin_timeout))
+    }
+}
+
+/// A plugin panicked: the connection is closed with `421 4.3.0`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("plugin {plugin} panicked in hook {hook}")]
+pub struct PluginPanic {
+    pub plugin: String,
+    pub hook: &'static str,
+}
+
+/// The plugins of `config/plugins`, indexed by hook.
+pub struct PluginChain {
+    by_hook: Vec<Vec<Arc<dyn Plugin>>>,
+    timeout: Duration,
+    set: HookSet,
+}
+
+impl PluginChain {
+    pub fn new(plugins: Vec<Arc<dyn Plugin>>, timeout: Duration) -> Self {
+        let mut by_hook: Vec<Vec<Arc<dyn Plugin>>> = vec![Vec::new(); HookName::ALL.len()];
+        let mut set = HookSet::default();
+        for p in &plugins {
+            for h in p.hooks() {
+                by_hook[*h as usize].push(p.clone());
+                set.insert(*h);
+            }
+        }
+        PluginChain { by_hook, timeout, set }
+    }
+
+    /// The hooks that have at least one plugin.
+    pub fn hook_set(&self) -> HookSet {
+        self.set
+    }
+
+    /// Run the chain for `hook`: plugins in `config/plugins` order, the first result that is
+    /// not CONT ends it (connect_init and disconnect run every plugin and ignore results).
+    pub async fn run(&self, hook: &Hook, cx: &mut HookContext<'_>) -> Result<HookResult, PluginPanic> {
+        let name = hook.name();
+        for plugin in &self.by_hook[name as usize] {
+            if skipped(cx, plugin.name()) {
+                continue;
+            }
+            let r = self.call_one(plugin.as_ref(), hook, cx).await?;
+            if !name.runs_all() && r.outcome != Outcome::Cont {
+                return Ok(r);
+            }
+        }
+        Ok(HookResult::CONT)
+    }
+
+    async fn call_one(&self, p: &dyn Plugin, hook: &Hook, cx: &mut HookContext<'_>) -> Result<HookResult, PluginPanic> {
+        let panic = || PluginPanic {
+            plugin: p.name().to_string(),
+            hook: hook.name().as_str(),
+        };
+        let mut slot = Some(cx);
+        let ret = std::panic::catch_unwind(AssertUnwindSafe(|| slot.take().map(|cx| p.call(hook, cx))))
+            .ok()
+            .flatten()
+            .ok_or_else(panic)?;
+        let fut = match ret {
+            HookReturn::Done(r) => return Ok(r),
+            HookReturn::Later(f) => AssertUnwindSafe(f).catch_unwind(),
+        };
+        let limit = p.timeout().unwrap_or(self.timeout);
+        let done = if limit.is_zero() {
+            Ok(fut.await)
+        } else {
+            tokio::time::timeout(limit, fut).await
+        };
+        match done {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(panic()),
+            // Haraka: a plugin past its timeout counts as DENYSOFT.
+            Err(_) => Ok(HookResult::with_msg(Outcome::DenySoft, "plugin timeout")),
+        }
+    }
+}
+
+/// Haraka's `transaction.notes.skip_plugins`.
+fn skipped(cx: &HookContext<'_>, name: &str) -> bool {
+    let Some(txn) = cx.txn.as_deref() else {
+        return false;
+    };
+    match txn.notes.get("skip_plugins") {
+        Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(name)),
+        _ => false,
+    }
+}

@@ -1,0 +1,22 @@
+//! Built-in plugins, one file per Haraka plugin name.
+
+#[path = "early_talker.rs"]
+pub mod early_talker;
+#[path = "helo.checks.rs"]
+pub mod helo_checks;
+#[path = "max_unrecognized_commands.rs"]
+pub mod max_unrecognized_commands;
+pub mod queue;
+#[path = "rcpt_to.in_host_list.rs"]
+pub mod rcpt_to_in_host_list;
+
+use crate::hooks::PluginRegistry;
+
+/// Register every built-in under its Haraka name.
+pub fn register_builtins(r: &mut PluginRegistry) {
+    r.register("rcpt_to.in_host_list", rcpt_to_in_host_list::InHostList::build);
+    r.register("queue/discard", queue::discard::Discard::build);
+    r.register("helo.checks", helo_checks::HeloChecks::build);
+    r.register("early_talker", early_talker::EarlyTalker::build);
+    r.register("max_unrecognized_commands", max_unrecognized_commands::MaxUnrecognized::build);
+}

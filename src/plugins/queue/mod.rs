@@ -1,0 +1,3 @@
+//! `queue/*` plugins.
+
+pub mod discard;

@@ -1,0 +1,10 @@
+//! Sans-IO wire formats: no actix, no tokio. Everything here is tested with byte slices.
+
+pub mod address;
+pub mod command;
+pub mod data;
+pub mod reply;
+pub mod session;
+
+pub use reply::Reply;
+pub use session::{Action, BareEol, CommitError, Session, SessionConfig};

@@ -1,0 +1,1114 @@
+//! The server side of one SMTP session as a sans-IO state machine.
+//!
+//! The driver (the Connection actor) feeds bytes in with [`Session::receive`] and asks what to
+//! do next with [`Session::next`]:
+//!
+//! - [`Action::Hook`]: run the plugin chain for this hook, then call [`Session::hook_done`].
+//! - [`Action::Body`]: message bytes in stored form, for the spool.
+//! - [`Action::Commit`]: write the message to the queue, then call [`Session::commit_done`].
+//! - [`Action::Discard`]: drop the spooled body of an aborted message.
+//! - [`Action::NeedInput`]: write out [`Session::take_output`] and read more bytes.
+//! - [`Action::Close`]: write out the output and close the connection.
+//!
+//! Replies accumulate in an output buffer; the driver writes them before it waits for input,
+//! which is the flush rule of RFC 2920 (pipelining). One command is handled at a time, so
+//! buffered input is never parsed ahead of the replies it depends on.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+
+use super::command::{self, check_line, parse_command, Command, ParseContext};
+use super::data::{BodyLimits, BodyReceiver, Mode};
+use super::reply::Reply;
+use crate::hooks::hook::{Hook, HookSet};
+use crate::hooks::outcome::{HookResult, Outcome};
+use crate::hooks::state::{Connection, Hello, HelloVerb, Recipient, Transaction};
+
+/// What to do with a bare LF or bare CR in message data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareEol {
+    /// Store it as CRLF (the message is accepted).
+    Normalize,
+    /// Refuse the message with `550 5.6.0` at its end.
+    Reject,
+}
+
+/// Everything the session needs from configuration. Built once from the config directory.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub me: String,
+    /// `[message] greeting[]`; empty for the default banner.
+    pub greeting: Vec<String>,
+    pub show_version: bool,
+    pub banner_chars: usize,
+    pub helo_msg: String,
+    pub close_msg: String,
+    pub smtputf8: bool,
+    pub strict_rfc1869: bool,
+    pub line_length: usize,
+    pub data_line_length: usize,
+    pub max_bytes: u64,
+    pub max_recipients: usize,
+    pub max_errors: u32,
+    pub max_received: usize,
+    pub add_received: bool,
+    pub bare_eol: BareEol,
+    /// Hooks that have plugins; the others are skipped (they would answer CONT).
+    pub hooks: HookSet,
+}
+
+impl SessionConfig {
+    /// Haraka's defaults (connection.ini), for tests and as the base of the loader.
+    pub fn defaults(me: &str) -> Self {
+        SessionConfig {
+            me: me.to_string(),
+            greeting: Vec::new(),
+            show_version: true,
+            banner_chars: 6,
+            helo_msg: "posta is at your service.".into(),
+            close_msg: "closing connection. Have a jolly good day.".into(),
+            smtputf8: true,
+            strict_rfc1869: false,
+            line_length: 512,
+            data_line_length: 992,
+            max_bytes: 26_214_400,
+            max_recipients: 1000,
+            max_errors: 10,
+            max_received: 100,
+            add_received: true,
+            bare_eol: BareEol::Normalize,
+            hooks: HookSet::all(),
+        }
+    }
+}
+
+/// The next thing the driver must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Hook(Hook),
+    Body(Vec<u8>),
+    Commit,
+    Discard,
+    NeedInput,
+    Close,
+}
+
+/// Why a queue commit failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitError {
+    /// Any I/O error: `451 4.3.0`.
+    Temporary(String),
+    /// No space left: `452 4.3.1`.
+    DiskFull,
+}
+
+/// What to do with the result of the hook that is running.
+#[derive(Debug)]
+enum Then {
+    Ignore,
+    LookupRdns,
+    Connect,
+    Hello(HelloVerb, String),
+    Capabilities,
+    Unrecognized,
+    Vrfy,
+    Noop,
+    Mail,
+    Rcpt(Recipient),
+    RcptOk(Recipient, Option<String>),
+    Data(Option<(u64, bool)>),
+    DataPost,
+    MaxDataExceeded,
+    Queue,
+    QueueOk(String),
+    Rset,
+    Quit,
+}
+
+#[derive(Debug)]
+enum Step {
+    Hook(Hook, Then),
+    Act(Action),
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Before connect hooks and banner.
+    Start,
+    Command,
+    /// Receiving DATA.
+    Data,
+    /// Receiving a BDAT chunk of `remaining` octets.
+    Bdat { remaining: u64, last: bool },
+    /// Skipping a BDAT chunk that was refused; `reply` goes out after it.
+    BdatSkip { remaining: u64, reply: Reply },
+    /// Waiting for the end of a message (hooks, commit); input is left buffered.
+    EndOfData,
+    /// Connect was refused: every command gets this reply except QUIT (Haraka's LOOP state).
+    Loop(Reply),
+    Closing,
+}
+
+/// A server SMTP session.
+pub struct Session {
+    cfg: Arc<SessionConfig>,
+    conn: Connection,
+    txn: Option<Transaction>,
+    phase: Phase,
+    inbuf: BytesMut,
+    out: Vec<u8>,
+    steps: VecDeque<Step>,
+    waiting: Option<Then>,
+    body: Option<BodyReceiver>,
+    /// Body bytes were handed to the driver for the current message.
+    spooled: bool,
+    quit_seen: bool,
+}
+
+const PIPELINABLE: [&str; 6] = ["RSET", "MAIL", "SEND", "SOML", "SAML", "RCPT"];
+
+impl Session {
+    pub fn new(cfg: Arc<SessionConfig>, conn: Connection) -> Self {
+        Session {
+            cfg,
+            conn,
+            txn: None,
+            phase: Phase::Start,
+            inbuf: BytesMut::new(),
+            out: Vec::new(),
+            steps: VecDeque::new(),
+            waiting: None,
+            body: None,
+            spooled: false,
+            quit_seen: false,
+        }
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+    pub fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+    pub fn txn(&self) -> Option<&Transaction> {
+        self.txn.as_ref()
+    }
+    /// Both states at once, for a hook context.
+    pub fn states_mut(&mut self) -> (&mut Connection, Option<&mut Transaction>) {
+        (&mut self.conn, self.txn.as_mut())
+    }
+
+    /// Bytes from the client.
+    pub fn receive(&mut self, bytes: &[u8]) {
+        if matches!(self.phase, Phase::Closing) {
+            return;
+        }
+        self.inbuf.extend_from_slice(bytes);
+    }
+
+    /// Input that arrived before the banner was sent (Haraka's early talker).
+    pub fn receive_early(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.conn.early_talker = true;
+            self.receive(bytes);
+        }
+    }
+
+    /// Bytes buffered but not yet processed.
+    pub fn buffered(&self) -> usize {
+        self.inbuf.len()
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Replies to write, in order.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// True once the session has decided to close.
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing)
+    }
+
+    /// The result of the hook returned by the last [`Action::Hook`].
+    pub fn hook_done(&mut self, r: HookResult) {
+        if let Some(then) = self.waiting.take() {
+            self.resolve(then, r);
+        }
+    }
+
+    /// The result of the last [`Action::Commit`]: the queue id text, or why it failed.
+    pub fn commit_done(&mut self, r: Result<String, CommitError>) {
+        match r {
+            Ok(_) => {
+                let uuid = self.txn.as_ref().map(|t| t.uuid.clone()).unwrap_or_default();
+                let text = format!("Message Queued ({uuid})");
+                self.spooled = false;
+                self.hook(Hook::QueueOk(text.clone()), Then::QueueOk(text));
+            }
+            Err(CommitError::DiskFull) => self.end_message(Reply::ext(452, (4, 3, 1), "Insufficient system storage")),
+            Err(CommitError::Temporary(_)) => self.end_message(Reply::ext(451, (4, 3, 0), "Internal server error, try again later")),
+        }
+    }
+
+    /// The client was idle for too long.
+    pub fn timed_out(&mut self) {
+        let text = format!("{} timeout, closing connection", self.cfg.me);
+        self.reply(Reply::ext(421, (4, 4, 2), text));
+        self.close();
+    }
+
+    /// The client closed its side or the socket failed.
+    pub fn peer_closed(&mut self) {
+        self.inbuf.clear();
+        self.close();
+    }
+
+    /// The next thing to do.
+    pub fn next(&mut self) -> Action {
+        loop {
+            if self.waiting.is_some() {
+                // The driver must call hook_done/commit_done first; asking again is a no-op.
+                return Action::NeedInput;
+            }
+            if let Some(step) = self.steps.pop_front() {
+                match step {
+                    Step::Act(a) => return a,
+                    Step::Hook(h, then) if self.cfg.hooks.contains(h.name()) => {
+                        self.waiting = Some(then);
+                        return Action::Hook(h);
+                    }
+                    Step::Hook(_, then) => {
+                        self.resolve(then, HookResult::CONT);
+                        continue;
+                    }
+                }
+            }
+            if let Some(a) = self.advance() {
+                return a;
+            }
+        }
+    }
+
+    /// Move the phase forward with buffered input. `Some` when the driver must act.
+    fn advance(&mut self) -> Option<Action> {
+        match &mut self.phase {
+            Phase::Start => {
+                self.phase = Phase::EndOfData;
+                self.hook(Hook::ConnectInit, Then::Ignore);
+                self.hook(Hook::LookupRdns, Then::LookupRdns);
+                None
+            }
+            Phase::Command | Phase::Loop(_) => self.command_phase(),
+            Phase::Data => self.data_phase(),
+            Phase::Bdat { .. } => self.bdat_phase(),
+            Phase::BdatSkip { .. } => self.bdat_skip_phase(),
+            Phase::EndOfData => Some(Action::NeedInput),
+            Phase::Closing => Some(Action::Close),
+        }
+    }
+
+    // ----- small helpers -------------------------------------------------------------
+
+    fn reply(&mut self, r: Reply) {
+        r.write_to(&mut self.out);
+    }
+
+    fn hook(&mut self, h: Hook, then: Then) {
+        self.steps.push_back(Step::Hook(h, then));
+    }
+
+    fn act(&mut self, a: Action) {
+        self.steps.push_back(Step::Act(a));
+    }
+
+    /// A protocol error reply; too many of them end the session.
+    fn error(&mut self, r: Reply) {
+        self.reply(r);
+        self.conn.errors += 1;
+        if self.cfg.max_errors > 0 && self.conn.errors >= self.cfg.max_errors {
+            self.reply(Reply::ext(421, (4, 7, 0), "Too many errors, closing connection"));
+            self.close();
+        }
+    }
+
+    /// End the session: reset the transaction, run the disconnect hook, close.
+    fn close(&mut self) {
+        if matches!(self.phase, Phase::Closing) {
+            return;
+        }
+        self.steps.clear();
+        self.waiting = None;
+        self.reset_txn();
+        self.phase = Phase::Closing;
+        self.hook(Hook::Disconnect, Then::Ignore);
+        self.act(Action::Close);
+    }
+
+    /// Drop the transaction (if any), discard its spooled body, run reset_transaction.
+    fn reset_txn(&mut self) {
+        self.body = None;
+        if self.spooled {
+            self.spooled = false;
+            self.act(Action::Discard);
+        }
+        if self.txn.take().is_some() {
+            self.hook(Hook::ResetTransaction, Then::Ignore);
+        }
+    }
+
+    /// A plugin took the message: the spooled copy is not needed.
+    fn spooled_drop(&mut self) {
+        if self.spooled {
+            self.spooled = false;
+            self.act(Action::Discard);
+        }
+    }
+
+    /// Finish a message with a reply and reset the transaction.
+    fn end_message(&mut self, r: Reply) {
+        self.reply(r);
+        self.reset_txn();
+        if !matches!(self.phase, Phase::Closing) {
+            self.phase = Phase::Command;
+        }
+    }
+
+    fn parse_context(&self) -> ParseContext {
+        ParseContext {
+            esmtp: self.conn.esmtp(),
+            strict: self.cfg.strict_rfc1869 && !self.conn.relaying,
+            smtputf8_offered: self.cfg.smtputf8,
+            utf8_txn: self.txn.as_ref().is_some_and(|t| t.mail_params.smtputf8),
+            max_bytes: self.cfg.max_bytes,
+        }
+    }
+
+    // ----- command phase -------------------------------------------------------------
+
+    /// Take one command line from the buffer: `Ok(None)` when none is complete yet.
+    fn take_line(&mut self) -> Result<Option<BytesMut>, ()> {
+        let limit = self.cfg.line_length.max(3);
+        let window = &self.inbuf[..self.inbuf.len().min(limit)];
+        match memchr::memchr(b'\n', window) {
+            Some(i) => {
+                let mut line = self.inbuf.split_to(i + 1);
+                line.truncate(i);
+                if line.last() == Some(&b'\r') {
+                    line.truncate(i - 1);
+                }
+                Ok(Some(line))
+            }
+            None if self.inbuf.len() >= limit => Err(()),
+            None => Ok(None),
+        }
+    }
+
+    fn command_phase(&mut self) -> Option<Action> {
+        let line = match self.take_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => return Some(Action::NeedInput),
+            Err(()) => {
+                self.inbuf.clear();
+                self.reply(Reply::ext(521, (5, 5, 2), "Command line too long"));
+                self.close();
+                return None;
+            }
+        };
+        if let Phase::Loop(r) = &self.phase {
+            let r = r.clone();
+            self.loop_line(&line, r);
+            return None;
+        }
+        let text = match check_line(&line, self.conn.esmtp()) {
+            Ok(t) => t.to_owned(),
+            Err(e) => {
+                let fatal = e == command::LineError::TlsHello;
+                self.error(e.reply());
+                if fatal {
+                    self.close();
+                }
+                return None;
+            }
+        };
+        let cmd = parse_command(&text);
+        self.note_pipelining(cmd.verb());
+        self.dispatch(cmd);
+        None
+    }
+
+    /// RFC 2920 / Haraka: after EHLO, only RSET, MAIL, SEND, SOML, SAML and RCPT may be
+    /// followed by more commands in the same group; anything else means the client did not
+    /// wait for our reply (an early talker).
+    fn note_pipelining(&mut self, verb: &str) {
+        if self.inbuf.is_empty() || verb == "BDAT" {
+            return;
+        }
+        if self.conn.esmtp() && PIPELINABLE.contains(&verb) {
+            self.conn.pipelining = true;
+        } else {
+            self.conn.early_talker = true;
+        }
+    }
+
+    fn loop_line(&mut self, line: &[u8], r: Reply) {
+        let is_quit = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"QUIT");
+        if is_quit && !self.quit_seen {
+            self.quit_seen = true;
+            self.quit();
+        } else if !is_quit {
+            self.reply(r);
+        }
+    }
+
+    fn dispatch(&mut self, cmd: Command<'_>) {
+        match cmd {
+            Command::Helo(a) => self.cmd_hello(HelloVerb::Helo, a),
+            Command::Ehlo(a) => self.cmd_hello(HelloVerb::Ehlo, a),
+            Command::Mail(a) => self.cmd_mail(a),
+            Command::Rcpt(a) => self.cmd_rcpt(a),
+            Command::Data(a) => self.cmd_data(a),
+            Command::Bdat(a) => self.cmd_bdat(a),
+            Command::Rset(a) => self.no_args(a, |s| s.hook(Hook::Rset, Then::Rset)),
+            Command::Noop => self.hook(Hook::Noop, Then::Noop),
+            Command::Quit(a) => self.no_args(a, Session::quit),
+            Command::Vrfy(a) => self.hook(Hook::Vrfy(a.to_string()), Then::Vrfy),
+            Command::Help => self.reply(Reply::ext(
+                214,
+                (2, 0, 0),
+                "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+            )),
+            Command::Unknown { verb, args } => {
+                self.conn.unrecognized_commands += 1;
+                let h = Hook::UnrecognizedCommand {
+                    verb: verb.to_string(),
+                    args: args.to_string(),
+                };
+                self.hook(h, Then::Unrecognized);
+            }
+        }
+    }
+
+    fn no_args(&mut self, args: &str, f: fn(&mut Session)) {
+        if args.is_empty() {
+            f(self)
+        } else {
+            self.error(Reply::ext(501, (5, 5, 4), "Syntax error"))
+        }
+    }
+
+    fn quit(&mut self) {
+        self.hook(Hook::Quit, Then::Quit);
+    }
+
+    fn cmd_hello(&mut self, verb: HelloVerb, host: &str) {
+        if host.is_empty() {
+            let v = if verb == HelloVerb::Helo { "HELO" } else { "EHLO" };
+            self.error(Reply::plain(501, format!("{v} requires domain/address - see RFC-5321 4.1.1.1")));
+            return;
+        }
+        // HELO/EHLO resets the transaction (RFC 5321 4.1.4).
+        self.reset_txn();
+        let hook = match verb {
+            HelloVerb::Helo => Hook::Helo(host.to_string()),
+            HelloVerb::Ehlo => Hook::Ehlo(host.to_string()),
+        };
+        self.hook(hook, Then::Hello(verb, host.to_string()));
+    }
+
+    fn cmd_mail(&mut self, args: &str) {
+        if self.conn.hello.is_none() {
+            return self.error(Reply::ext(503, (5, 5, 1), "Use EHLO/HELO before MAIL"));
+        }
+        if self.txn.is_some() {
+            return self.error(Reply::ext(503, (5, 5, 1), "Nested MAIL command"));
+        }
+        match command::parse_mail(args, self.parse_context()) {
+            Err(r) => self.error(r),
+            Ok((from, params)) => {
+                self.conn.tran_count += 1;
+                let uuid = format!("{}.{}", self.conn.uuid, self.conn.tran_count);
+                self.txn = Some(Transaction::new(uuid, from.clone(), params.clone()));
+                self.hook(Hook::Mail(from, params), Then::Mail);
+            }
+        }
+    }
+
+    fn cmd_rcpt(&mut self, args: &str) {
+        let Some(txn) = &self.txn else {
+            return self.error(Reply::ext(503, (5, 5, 1), "Use MAIL before RCPT"));
+        };
+        if self.cfg.max_recipients > 0 && txn.rcpt_to.len() >= self.cfg.max_recipients {
+            return self.reply(Reply::ext(452, (4, 5, 3), "Too many recipients"));
+        }
+        match command::parse_rcpt(args, self.parse_context()) {
+            Err(r) => self.error(r),
+            Ok((mailbox, params)) => {
+                let r = Recipient { mailbox, params };
+                self.hook(Hook::Rcpt(r.clone()), Then::Rcpt(r));
+            }
+        }
+    }
+
+    /// Checks shared by DATA and BDAT: a transaction with at least one recipient.
+    fn data_allowed(&self) -> Result<(), Reply> {
+        let Some(txn) = &self.txn else {
+            return Err(Reply::ext(503, (5, 5, 1), "MAIL required first"));
+        };
+        if txn.rcpt_to.is_empty() {
+            return Err(if self.conn.pipelining {
+                Reply::ext(554, (5, 5, 1), "No valid recipients")
+            } else {
+                Reply::ext(503, (5, 5, 1), "RCPT required first")
+            });
+        }
+        Ok(())
+    }
+
+    fn cmd_data(&mut self, args: &str) {
+        if !args.is_empty() {
+            return self.error(Reply::ext(501, (5, 5, 4), "Syntax error"));
+        }
+        if let Err(r) = self.data_allowed() {
+            return self.error(r);
+        }
+        if self.txn.as_ref().is_some_and(|t| t.chunking) {
+            return self.error(Reply::ext(503, (5, 5, 1), "DATA not allowed after BDAT"));
+        }
+        if self.txn.as_ref().is_some_and(|t| t.mail_params.body == Some(command::Body::BinaryMime)) {
+            return self.error(Reply::ext(503, (5, 5, 1), "BODY=BINARYMIME requires BDAT"));
+        }
+        self.hook(Hook::Data, Then::Data(None));
+    }
+
+    fn cmd_bdat(&mut self, args: &str) {
+        let Some((size, last)) = command::parse_bdat(args) else {
+            return self.error(Reply::ext(501, (5, 5, 4), "Syntax: BDAT size [LAST]"));
+        };
+        if let Err(r) = self.data_allowed() {
+            self.conn.errors += 1;
+            self.phase = Phase::BdatSkip { remaining: size, reply: r };
+            return;
+        }
+        if self.txn.as_ref().is_some_and(|t| t.chunking) {
+            self.phase = Phase::Bdat { remaining: size, last };
+        } else {
+            self.phase = Phase::EndOfData;
+            self.hook(Hook::Data, Then::Data(Some((size, last))));
+        }
+    }
+
+    // ----- message data --------------------------------------------------------------
+
+    fn limits(&self) -> BodyLimits {
+        BodyLimits {
+            max_bytes: self.cfg.max_bytes,
+            max_line: self.cfg.data_line_length,
+        }
+    }
+
+    /// Start a message body: the receiver and our Received header.
+    fn begin_body(&mut self, mode: Mode) {
+        self.body = Some(BodyReceiver::new(mode, self.limits()));
+        if self.cfg.add_received {
+            let header = self.received_header();
+            self.spooled = true;
+            self.act(Action::Body(header.into_bytes()));
+        }
+    }
+
+    /// Feed buffered DATA to the receiver.
+    fn data_phase(&mut self) -> Option<Action> {
+        if self.inbuf.is_empty() {
+            return Some(Action::NeedInput);
+        }
+        let body = self.body.as_mut()?;
+        let mut out = Vec::with_capacity(self.inbuf.len() + 64);
+        let fed = body.feed(&self.inbuf, &mut out);
+        self.inbuf.advance(fed.consumed);
+        self.spool(out);
+        if fed.done {
+            self.phase = Phase::EndOfData;
+            self.end_of_data();
+        }
+        None
+    }
+
+    /// Hand body bytes to the driver, ahead of whatever the end of the message queues.
+    fn spool(&mut self, out: Vec<u8>) {
+        if !out.is_empty() {
+            self.spooled = true;
+            self.act(Action::Body(out));
+        }
+    }
+
+    fn bdat_phase(&mut self) -> Option<Action> {
+        let Phase::Bdat { remaining, last } = self.phase else {
+            return None;
+        };
+        let take = (self.inbuf.len() as u64).min(remaining) as usize;
+        if take == 0 && remaining > 0 {
+            return Some(Action::NeedInput);
+        }
+        let chunk = self.inbuf.split_to(take);
+        let left = remaining - take as u64;
+        let body = self.body.as_mut()?;
+        let mut out = Vec::with_capacity(take + 64);
+        body.feed(&chunk, &mut out);
+        if left > 0 {
+            self.phase = Phase::Bdat { remaining: left, last };
+            self.spool(out);
+        } else {
+            self.bdat_chunk_done(last, out);
+        }
+        None
+    }
+
+    fn bdat_chunk_done(&mut self, last: bool, mut out: Vec<u8>) {
+        let Some(body) = self.body.as_mut() else {
+            return;
+        };
+        if last {
+            body.finish(&mut out);
+        }
+        self.spool(out);
+        let Some(body) = self.body.as_mut() else {
+            return;
+        };
+        if body.too_big() {
+            // RFC 3030 2: after a failed chunk the transaction is over.
+            self.end_message(Reply::ext(552, (5, 3, 4), "Message too big!"));
+            return;
+        }
+        if last {
+            self.phase = Phase::EndOfData;
+            self.end_of_data();
+        } else {
+            let n = body.bytes();
+            self.phase = Phase::Command;
+            self.reply(Reply::ext(250, (2, 0, 0), format!("{n} octets received")));
+        }
+    }
+
+    fn bdat_skip_phase(&mut self) -> Option<Action> {
+        let Phase::BdatSkip { remaining, .. } = &mut self.phase else {
+            return None;
+        };
+        let take = (self.inbuf.len() as u64).min(*remaining) as usize;
+        self.inbuf.advance(take);
+        *remaining -= take as u64;
+        if *remaining > 0 {
+            return Some(Action::NeedInput);
+        }
+        if let Phase::BdatSkip { reply, .. } = std::mem::replace(&mut self.phase, Phase::Command) {
+            self.reply(reply);
+            if self.cfg.max_errors > 0 && self.conn.errors >= self.cfg.max_errors {
+                self.reply(Reply::ext(421, (4, 7, 0), "Too many errors, closing connection"));
+                self.close();
+            }
+        }
+        None
+    }
+
+    /// The whole message is in: size, line-ending and loop checks, then data_post.
+    fn end_of_data(&mut self) {
+        let Some(body) = self.body.take() else {
+            return;
+        };
+        if let Some(t) = self.txn.as_mut() {
+            t.data_bytes = body.bytes();
+        }
+        if body.too_big() {
+            return self.hook(Hook::MaxDataExceeded, Then::MaxDataExceeded);
+        }
+        if body.bare_eol() && self.cfg.bare_eol == BareEol::Reject && body_is_text(self.txn.as_ref()) {
+            return self.end_message(Reply::ext(550, (5, 6, 0), "Bare CR or LF in message (RFC 5321 2.3.8)"));
+        }
+        if self.cfg.max_received > 0 && body.received_headers() > self.cfg.max_received {
+            return self.end_message(Reply::ext(550, (5, 4, 6), "Too many received headers - possible mail loop"));
+        }
+        self.hook(Hook::DataPost, Then::DataPost);
+    }
+
+    /// Our trace header (RFC 5321 4.4), in Haraka's layout.
+    fn received_header(&self) -> String {
+        let helo = self.conn.hello.as_ref().map(|h| h.host.as_str()).unwrap_or("unknown");
+        let txn = self.txn.as_ref();
+        let proto = match (self.conn.esmtp(), txn.is_some_and(|t| t.mail_params.smtputf8)) {
+            (true, true) => "UTF8SMTP",
+            (true, false) => "ESMTP",
+            _ => "SMTP",
+        };
+        let proto = format!("{proto}{}", if self.conn.tls { "S" } else { "" });
+        format!(
+            "Received: from {helo} ({})\r\n\tby {} (posta/{}) with {proto} id {}\r\n\tenvelope-from {};\r\n\t{}\r\n",
+            self.conn.remote.display(),
+            self.cfg.me,
+            env!("CARGO_PKG_VERSION"),
+            txn.map(|t| t.uuid.as_str()).unwrap_or(""),
+            txn.map(|t| t.sender()).unwrap_or_default(),
+            chrono::Local::now().to_rfc2822(),
+        )
+    }
+
+    // ----- hook results --------------------------------------------------------------
+
+    fn resolve(&mut self, then: Then, r: HookResult) {
+        match then {
+            Then::Ignore => {}
+            Then::LookupRdns => self.after_rdns(r),
+            Then::Connect => self.after_connect(r),
+            Then::Hello(verb, host) => self.after_hello(verb, host, r),
+            Then::Capabilities => self.after_capabilities(),
+            Then::Unrecognized => self.after_unrecognized(r),
+            Then::Vrfy => self.after_vrfy(r),
+            Then::Noop => self.after_noop(r),
+            Then::Mail => self.after_mail(r),
+            Then::Rcpt(rcpt) => self.after_rcpt(rcpt, r),
+            Then::RcptOk(rcpt, msg) => self.after_rcpt_ok(rcpt, msg, r),
+            Then::Data(bdat) => self.after_data(bdat, r),
+            Then::DataPost => self.after_data_post(r),
+            Then::MaxDataExceeded => self.after_max_data(r),
+            Then::Queue => self.after_queue(r),
+            Then::QueueOk(text) => self.after_queue_ok(text),
+            Then::Rset => {
+                self.reply(Reply::ext(250, (2, 0, 0), "OK"));
+                self.reset_txn();
+            }
+            Then::Quit => {
+                let text = r.msg.unwrap_or_else(|| format!("{} {}", self.cfg.me, self.cfg.close_msg));
+                self.reply(Reply::ext(221, (2, 0, 0), text));
+                self.close();
+            }
+        }
+    }
+
+    /// The common DENY* handling: `Some(disconnect)` when the outcome rejects.
+    fn deny(&mut self, r: &HookResult, hard: Reply, soft: Reply) -> Option<bool> {
+        let (reply, disconnect) = match r.outcome {
+            Outcome::Deny => (hard, false),
+            Outcome::DenyDisconnect => (hard, true),
+            Outcome::DenySoft => (soft, false),
+            Outcome::DenySoftDisconnect => (soft, true),
+            Outcome::Disconnect => {
+                self.close();
+                return Some(true);
+            }
+            _ => return None,
+        };
+        let reply = match &r.msg {
+            Some(m) => reply.with_text(m),
+            None => reply,
+        };
+        self.reply(reply);
+        if disconnect {
+            self.close();
+        }
+        Some(disconnect)
+    }
+
+    fn after_rdns(&mut self, r: HookResult) {
+        match r.outcome {
+            Outcome::Ok => self.conn.remote.host = r.msg.clone().filter(|m| !m.is_empty()),
+            Outcome::Deny | Outcome::DenySoft => {
+                let reply = refuse_reply(r.outcome, "rDNS Lookup Failed", "rDNS Temporary Failure", &r.msg);
+                self.phase = Phase::Loop(reply.clone());
+                self.reply(reply);
+                return;
+            }
+            Outcome::DenyDisconnect | Outcome::Disconnect | Outcome::DenySoftDisconnect => {
+                self.reply(refuse_reply(r.outcome, "rDNS Lookup Failed", "rDNS Temporary Failure", &r.msg));
+                return self.close();
+            }
+            _ => {}
+        }
+        self.hook(Hook::Connect, Then::Connect);
+    }
+
+    fn after_connect(&mut self, r: HookResult) {
+        match r.outcome {
+            Outcome::Deny | Outcome::DenySoft => {
+                let reply = refuse_reply(r.outcome, "Your mail is not welcome here", "Come back later", &r.msg);
+                self.phase = Phase::Loop(reply.clone());
+                self.reply(reply);
+            }
+            Outcome::DenyDisconnect | Outcome::Disconnect | Outcome::DenySoftDisconnect => {
+                self.reply(refuse_reply(r.outcome, "Your mail is not welcome here", "Come back later", &r.msg));
+                self.close();
+            }
+            _ => {
+                self.phase = Phase::Command;
+                let banner = self.banner(r.msg.as_deref());
+                self.reply(banner);
+            }
+        }
+    }
+
+    /// `220 <me> ESMTP posta/<version> ready (<uuid chars>)`, or the configured greeting.
+    fn banner(&self, hook_msg: Option<&str>) -> Reply {
+        let n = self.cfg.banner_chars.min(self.conn.uuid.len());
+        let id = if n > 0 { format!(" ({})", &self.conn.uuid[..n]) } else { String::new() };
+        if let Some(m) = hook_msg {
+            return Reply::plain(220, m);
+        }
+        let mut lines = match self.cfg.greeting.split_first() {
+            Some((first, rest)) => {
+                let mut v = vec![format!("{} ESMTP {first}{id}", self.cfg.me)];
+                v.extend(rest.iter().cloned());
+                v
+            }
+            None => {
+                let ver = if self.cfg.show_version { concat!("/", env!("CARGO_PKG_VERSION")) } else { "" };
+                vec![format!("{} ESMTP posta{ver} ready{id}", self.cfg.me)]
+            }
+        };
+        lines.retain(|l| !l.is_empty());
+        Reply::multi(220, lines)
+    }
+
+    fn after_hello(&mut self, verb: HelloVerb, host: String, r: HookResult) {
+        let hard = Reply::plain(550, "HELO/EHLO denied");
+        let soft = Reply::plain(450, "HELO/EHLO denied");
+        if self.deny(&r, hard, soft).is_some() {
+            self.conn.hello = None;
+            return;
+        }
+        self.conn.hello = Some(Hello { verb, host });
+        match verb {
+            HelloVerb::Helo => {
+                let text = format!("{} Hello {}, {}", self.cfg.me, self.conn.remote.display(), self.cfg.helo_msg);
+                self.reply(Reply::plain(250, text));
+            }
+            HelloVerb::Ehlo => {
+                self.conn.capabilities.clear();
+                self.hook(Hook::Capabilities, Then::Capabilities);
+            }
+        }
+    }
+
+    fn after_capabilities(&mut self) {
+        let mut lines = vec![format!("{} Hello {}, {}", self.cfg.me, self.conn.remote.display(), self.cfg.helo_msg)];
+        lines.push("PIPELINING".into());
+        lines.push("8BITMIME".into());
+        if self.cfg.smtputf8 {
+            lines.push("SMTPUTF8".into());
+        }
+        lines.push(format!("SIZE {}", self.cfg.max_bytes));
+        lines.extend(["ENHANCEDSTATUSCODES", "CHUNKING", "BINARYMIME", "DSN"].map(String::from));
+        lines.extend(self.conn.capabilities.iter().cloned());
+        self.reply(Reply::multi(250, lines));
+    }
+
+    fn after_unrecognized(&mut self, r: HookResult) {
+        match r.outcome {
+            Outcome::Ok => {
+                let text = r.msg.unwrap_or_else(|| "OK".into());
+                self.reply(Reply::ext(250, (2, 0, 0), text));
+            }
+            Outcome::DenyDisconnect => {
+                self.reply(refuse_text(Reply::ext(521, (5, 5, 1), "Unrecognized command"), &r.msg));
+                self.close();
+            }
+            Outcome::DenySoftDisconnect => {
+                self.reply(refuse_text(Reply::ext(421, (4, 5, 1), "Unrecognized command"), &r.msg));
+                self.close();
+            }
+            Outcome::Disconnect => self.close(),
+            _ => self.error(refuse_text(Reply::ext(500, (5, 5, 1), "Unrecognized command"), &r.msg)),
+        }
+    }
+
+    fn after_vrfy(&mut self, r: HookResult) {
+        let hard = Reply::ext(550, (5, 7, 1), "Access Denied");
+        let soft = Reply::ext(450, (4, 7, 1), "Lookup Failed");
+        if self.deny(&r, hard, soft).is_some() {
+            return;
+        }
+        let reply = match r.outcome {
+            Outcome::Ok => Reply::ext(250, (2, 1, 5), "User OK"),
+            _ => Reply::ext(252, (2, 1, 5), "Just try sending a mail and we'll see how it turns out..."),
+        };
+        self.reply(refuse_text(reply, &r.msg));
+    }
+
+    fn after_noop(&mut self, r: HookResult) {
+        let hard = Reply::ext(500, (5, 5, 1), "Stop wasting my time");
+        if self.deny(&r, hard.clone(), hard).is_none() {
+            self.reply(Reply::ext(250, (2, 0, 0), "OK"));
+        }
+    }
+
+    fn after_mail(&mut self, r: HookResult) {
+        let sender = self.txn.as_ref().map(|t| t.sender()).unwrap_or_default();
+        let hard = Reply::ext(550, (5, 7, 1), format!("sender {sender} denied"));
+        let soft = Reply::ext(450, (4, 7, 1), format!("sender {sender} denied"));
+        if self.deny(&r, hard, soft).is_some() {
+            self.reset_txn();
+            return;
+        }
+        self.reply(refuse_text(Reply::ext(250, (2, 1, 0), format!("sender {sender} OK")), &r.msg));
+    }
+
+    fn after_rcpt(&mut self, rcpt: Recipient, r: HookResult) {
+        let a = format!("<{}>", rcpt.mailbox);
+        let hard = Reply::ext(550, (5, 7, 1), format!("recipient {a} denied"));
+        let soft = Reply::ext(450, (4, 7, 1), format!("recipient {a} denied"));
+        if self.deny(&r, hard, soft).is_some() {
+            return;
+        }
+        let accepted = matches!(r.outcome, Outcome::Ok) || self.conn.relaying;
+        if accepted {
+            self.hook(Hook::RcptOk(rcpt.clone()), Then::RcptOk(rcpt, r.msg));
+        } else {
+            self.reply(Reply::ext(550, (5, 7, 1), format!("I cannot deliver mail for {a}")));
+        }
+    }
+
+    fn after_rcpt_ok(&mut self, rcpt: Recipient, msg: Option<String>, r: HookResult) {
+        let a = format!("<{}>", rcpt.mailbox);
+        let hard = Reply::ext(550, (5, 7, 1), format!("recipient {a} denied"));
+        let soft = Reply::ext(450, (4, 7, 1), format!("recipient {a} denied"));
+        if self.deny(&r, hard, soft).is_some() {
+            return;
+        }
+        let Some(txn) = self.txn.as_mut() else {
+            return;
+        };
+        txn.rcpt_to.push(rcpt);
+        self.reply(refuse_text(Reply::ext(250, (2, 1, 5), format!("recipient {a} OK")), &msg));
+    }
+
+    fn after_data(&mut self, bdat: Option<(u64, bool)>, r: HookResult) {
+        let hard = Reply::ext(554, (5, 7, 1), "Message denied");
+        let soft = Reply::ext(451, (4, 7, 1), "Message denied");
+        let denied = match bdat {
+            // A refused BDAT still has its chunk on the wire: skip it, then reply.
+            Some((size, _)) if is_deny(r.outcome) => {
+                let reply = if is_soft(r.outcome) { soft } else { hard };
+                let reply = refuse_text(reply, &r.msg);
+                let close = matches!(r.outcome, Outcome::DenyDisconnect | Outcome::DenySoftDisconnect | Outcome::Disconnect);
+                self.reset_txn();
+                if close {
+                    self.reply(reply);
+                    self.close();
+                } else {
+                    self.phase = Phase::BdatSkip { remaining: size, reply };
+                }
+                return;
+            }
+            _ => self.deny(&r, hard, soft).is_some(),
+        };
+        if denied {
+            self.reset_txn();
+            return;
+        }
+        match bdat {
+            None => {
+                self.phase = Phase::Data;
+                self.reply(Reply::plain(354, "go ahead, make my day"));
+                self.begin_body(Mode::Data);
+            }
+            Some((size, last)) => {
+                if let Some(t) = self.txn.as_mut() {
+                    t.chunking = true;
+                }
+                self.begin_body(Mode::Bdat);
+                self.phase = Phase::Bdat { remaining: size, last };
+            }
+        }
+    }
+
+    fn after_max_data(&mut self, r: HookResult) {
+        let reply = match r.outcome {
+            Outcome::DenySoft | Outcome::DenySoftDisconnect => Reply::ext(450, (4, 3, 4), "Message too big!"),
+            _ => Reply::ext(552, (5, 3, 4), "Message too big!"),
+        };
+        self.end_message(refuse_text(reply, &r.msg));
+        if matches!(r.outcome, Outcome::DenyDisconnect | Outcome::DenySoftDisconnect) {
+            self.close();
+        }
+    }
+
+    fn after_data_post(&mut self, r: HookResult) {
+        let hard = Reply::ext(550, (5, 7, 1), "Message denied");
+        let soft = Reply::ext(450, (4, 7, 1), "Message denied temporarily");
+        if self.deny(&r, hard, soft).is_some() {
+            self.reset_txn();
+            self.resume_commands();
+            return;
+        }
+        let hook = if self.conn.relaying { Hook::QueueOutbound } else { Hook::Queue };
+        self.hook(hook, Then::Queue);
+    }
+
+    fn after_queue(&mut self, r: HookResult) {
+        let hard = Reply::ext(550, (5, 7, 1), "Message denied");
+        let soft = Reply::ext(450, (4, 3, 0), "Message denied temporarily");
+        if self.deny(&r, hard, soft).is_some() {
+            self.reset_txn();
+            self.resume_commands();
+            return;
+        }
+        if r.outcome == Outcome::Ok {
+            // A queue plugin took the message (queue/discard and friends).
+            let uuid = self.txn.as_ref().map(|t| t.uuid.clone()).unwrap_or_default();
+            let text = format!("{} ({uuid})", r.msg.as_deref().unwrap_or("Message Queued"));
+            self.spooled_drop();
+            return self.hook(Hook::QueueOk(text.clone()), Then::QueueOk(text));
+        }
+        self.act(Action::Commit);
+    }
+
+    fn after_queue_ok(&mut self, text: String) {
+        // queue_ok's return code is ignored (Haraka): the message is already taken.
+        self.conn.msgs_accepted += 1;
+        self.end_message(Reply::ext(250, (2, 0, 0), text));
+    }
+
+    fn resume_commands(&mut self) {
+        if !matches!(self.phase, Phase::Closing) {
+            self.phase = Phase::Command;
+        }
+    }
+}
+
+fn is_deny(o: Outcome) -> bool {
+    matches!(
+        o,
+        Outcome::Deny | Outcome::DenySoft | Outcome::DenyDisconnect | Outcome::DenySoftDisconnect | Outcome::Disconnect
+    )
+}
+
+fn is_soft(o: Outcome) -> bool {
+    matches!(o, Outcome::DenySoft | Outcome::DenySoftDisconnect)
+}
+
+/// BINARYMIME bodies may hold any octet; the bare CR/LF policy is for text.
+fn body_is_text(txn: Option<&Transaction>) -> bool {
+    !txn.is_some_and(|t| t.mail_params.body == Some(command::Body::BinaryMime))
+}
+
+/// Connect-time refusals: 554 for hard ones, 421 for soft ones (Haraka).
+fn refuse_reply(o: Outcome, hard: &str, soft: &str, msg: &Option<String>) -> Reply {
+    let reply = if is_soft(o) {
+        Reply::ext(421, (4, 7, 0), soft)
+    } else {
+        Reply::ext(554, (5, 7, 1), hard)
+    };
+    refuse_text(reply, msg)
+}
+
+fn refuse_text(reply: Reply, msg: &Option<String>) -> Reply {
+    match msg {
+        Some(m) if !m.is_empty() => reply.with_text(m),
+        _ => reply,
+    }
+}

@@ -1,0 +1,7 @@
+//! The queue as plain types: the Haraka queue file codec and the durable commit.
+
+pub mod file;
+pub mod spool;
+
+pub use file::{decode, encode_header, QueueFileError, QueueName, Todo, TodoAddress};
+pub use spool::{CommitRequest, MessageBody, Spool};

@@ -1,0 +1,350 @@
+//! The durable queue commit: write each queue file under a temp name, fsync it, rename it into
+//! place, then fsync the directory (shared between concurrent commits: group commit).
+//!
+//! Only after all of that does the session answer `250`. Every error removes what this commit
+//! wrote, so a failed commit leaves no half message behind.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde_json::Value;
+
+use super::file::{encode_header, QueueName, Todo, TodoAddress};
+use crate::hooks::state::{now_ms, Notes, Recipient};
+use crate::protocol::address::Mailbox;
+use crate::protocol::command::MailParams;
+use crate::protocol::session::CommitError;
+
+/// Prefix of files being written; such files are removed at start (Haraka does the same).
+pub const TMP_PREFIX: &str = "__tmp__.";
+
+/// The envelope of a message to commit.
+#[derive(Debug, Clone)]
+pub struct CommitRequest {
+    pub uuid: String,
+    pub mail_from: Option<Mailbox>,
+    pub mail_params: MailParams,
+    pub rcpt_to: Vec<Recipient>,
+    pub notes: Notes,
+    pub queue_time: u64,
+}
+
+/// Where the stored form of the message is: a spooled prefix on disk (large messages) and
+/// the rest in memory.
+#[derive(Debug, Default)]
+pub struct MessageBody {
+    pub spooled: Option<PathBuf>,
+    pub tail: Vec<u8>,
+}
+
+/// The queue directory and its commit machinery.
+pub struct Spool {
+    dir: PathBuf,
+    dir_sync: GroupSync,
+    me: String,
+    uid: String,
+    counter: AtomicU32,
+    no_fsync: bool,
+}
+
+impl Spool {
+    /// Open (create) the queue directory and remove temp files left by a crash.
+    pub fn open(dir: &Path, me: &str, no_fsync: bool) -> io::Result<Spool> {
+        fs::create_dir_all(dir)?;
+        let removed = remove_temp_files(dir)?;
+        if removed > 0 {
+            tracing::info!(dir = %dir.display(), removed, "removed temp files left by an interrupted write");
+        }
+        if no_fsync {
+            tracing::warn!("queue no_fsync is on: accepted mail can be lost on a crash (benchmarks only)");
+        }
+        let uid: String = rand::thread_rng().sample_iter(&Alphanumeric).take(6).map(char::from).collect();
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+            dir_sync: GroupSync::new(dir)?,
+            me: me.to_string(),
+            uid,
+            counter: AtomicU32::new(0),
+            no_fsync,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A fresh path for spooling a large body before commit.
+    pub fn body_path(&self, uuid: &str) -> PathBuf {
+        self.dir.join(format!("{TMP_PREFIX}{uuid}.body"))
+    }
+
+    fn next_name(&self, now: u64) -> QueueName {
+        QueueName {
+            arrival: now,
+            next_attempt: now,
+            attempts: 0,
+            pid: std::process::id(),
+            uid: self.uid.clone(),
+            counter: self.counter.fetch_add(1, Ordering::Relaxed) % 10_000,
+            host: self.me.clone(),
+        }
+    }
+
+    /// Commit a message: one queue file per recipient domain. Blocking; run it on a blocking
+    /// thread. Returns the queue file names.
+    pub fn commit(&self, req: &CommitRequest, body: &MessageBody) -> Result<Vec<String>, CommitError> {
+        let mut written: Vec<PathBuf> = Vec::new();
+        let result = self.write_all(req, body, &mut written);
+        let result = result.and_then(|names| {
+            if self.no_fsync {
+                Ok(names)
+            } else {
+                self.dir_sync.sync().map(|_| names)
+            }
+        });
+        result.map_err(|e| {
+            for p in &written {
+                let _ = fs::remove_file(p);
+            }
+            tracing::error!(uuid = %req.uuid, error = %e, "queue commit failed");
+            commit_error(&e)
+        })
+    }
+
+    fn write_all(&self, req: &CommitRequest, body: &MessageBody, written: &mut Vec<PathBuf>) -> io::Result<Vec<String>> {
+        let now = now_ms();
+        let mut names = Vec::new();
+        for (k, (domain, rcpts)) in split_by_domain(&req.rcpt_to).into_iter().enumerate() {
+            let todo = build_todo(req, &domain, &rcpts, k + 1);
+            let name = self.next_name(now).to_string();
+            let tmp = self.dir.join(format!("{TMP_PREFIX}{name}"));
+            written.push(tmp.clone());
+            self.write_file(&tmp, &todo, body)?;
+            let dest = self.dir.join(&name);
+            fs::rename(&tmp, &dest)?;
+            written.pop();
+            written.push(dest);
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    fn write_file(&self, path: &Path, todo: &Todo, body: &MessageBody) -> io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let header = encode_header(todo);
+        if let Some(spooled) = &body.spooled {
+            f.write_all(&header)?;
+            io::copy(&mut File::open(spooled)?, &mut f)?;
+            f.write_all(&body.tail)?;
+        } else {
+            // One write for the common small message.
+            let mut all = header;
+            all.extend_from_slice(&body.tail);
+            f.write_all(&all)?;
+        }
+        if !self.no_fsync {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+/// Group recipients by lower-cased domain, in first-seen order (Haraka splits per domain).
+fn split_by_domain(rcpts: &[Recipient]) -> Vec<(String, Vec<&Recipient>)> {
+    let mut groups: Vec<(String, Vec<&Recipient>)> = Vec::new();
+    for r in rcpts {
+        let host = r.mailbox.host();
+        match groups.iter_mut().find(|(d, _)| *d == host) {
+            Some((_, v)) => v.push(r),
+            None => groups.push((host, vec![r])),
+        }
+    }
+    groups
+}
+
+fn build_todo(req: &CommitRequest, domain: &str, rcpts: &[&Recipient], k: usize) -> Todo {
+    let rcpt_to = rcpts
+        .iter()
+        .map(|r| {
+            let mut a = TodoAddress::from_mailbox(Some(&r.mailbox));
+            if let Some(n) = &r.params.notify {
+                a.extra.insert("dsn_notify".into(), Value::from(n.keywords()));
+            }
+            if let Some(o) = &r.params.orcpt {
+                a.extra.insert("dsn_orcpt".into(), Value::from(o.clone()));
+            }
+            a
+        })
+        .collect();
+    let mut extra = serde_json::Map::new();
+    let p = &req.mail_params;
+    if let Some(ret) = p.ret {
+        extra.insert("dsn_ret".into(), serde_json::to_value(ret).unwrap_or(Value::Null));
+    }
+    if let Some(envid) = &p.envid {
+        extra.insert("dsn_envid".into(), Value::from(envid.clone()));
+    }
+    if let Some(b) = p.body {
+        extra.insert("body".into(), serde_json::to_value(b).unwrap_or(Value::Null));
+    }
+    if p.smtputf8 {
+        extra.insert("smtputf8".into(), Value::Bool(true));
+    }
+    Todo {
+        queue_time: req.queue_time,
+        domain: domain.to_string(),
+        rcpt_to,
+        mail_from: TodoAddress::from_mailbox(req.mail_from.as_ref()),
+        notes: req.notes.clone(),
+        uuid: format!("{}.{k}", req.uuid),
+        force_tls: false,
+        extra,
+    }
+}
+
+/// ENOSPC and EDQUOT answer `452 4.3.1`; everything else `451 4.3.0`.
+fn commit_error(e: &io::Error) -> CommitError {
+    let full = e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28) | Some(122));
+    if full {
+        CommitError::DiskFull
+    } else {
+        CommitError::Temporary(e.to_string())
+    }
+}
+
+/// Remove `__tmp__.*` files; returns how many.
+pub fn remove_temp_files(dir: &Path) -> io::Result<usize> {
+    let mut n = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            fs::remove_file(entry.path())?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Directory fsync shared by concurrent committers: each caller waits until an fsync that
+/// *started after* its rename has finished; one caller runs it for everyone waiting.
+pub struct GroupSync {
+    dir: File,
+    state: Mutex<SyncState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Generation of the next fsync to start.
+    next: u64,
+    /// Highest generation known durable.
+    done: u64,
+    running: bool,
+}
+
+impl GroupSync {
+    pub fn new(dir: &Path) -> io::Result<GroupSync> {
+        Ok(GroupSync {
+            dir: File::open(dir)?,
+            state: Mutex::new(SyncState { next: 1, ..Default::default() }),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Make every rename done before this call durable.
+    pub fn sync(&self) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Any fsync that starts from now on covers our rename; a running one may not.
+        let need = st.next;
+        loop {
+            if st.done >= need {
+                return Ok(());
+            }
+            if !st.running {
+                st.running = true;
+                let generation = st.next;
+                st.next += 1;
+                drop(st);
+                let r = self.dir.sync_all();
+                st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.running = false;
+                if r.is_ok() {
+                    st.done = st.done.max(generation);
+                }
+                self.cv.notify_all();
+                if generation >= need {
+                    return r;
+                }
+                continue;
+            }
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::file::decode;
+
+    fn rcpt(s: &str) -> Recipient {
+        let (l, d) = s.split_once('@').unwrap();
+        Recipient {
+            mailbox: Mailbox {
+                local: l.into(),
+                domain: d.into(),
+            },
+            params: Default::default(),
+        }
+    }
+
+    #[test]
+    fn commit_writes_one_file_per_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("__tmp__.left"), b"x").unwrap();
+        let spool = Spool::open(dir.path(), "mx.test", false).unwrap();
+        assert!(!dir.path().join("__tmp__.left").exists());
+        let req = CommitRequest {
+            uuid: "U.1".into(),
+            mail_from: None,
+            mail_params: Default::default(),
+            rcpt_to: vec![rcpt("a@x.org"), rcpt("b@y.org"), rcpt("c@X.org")],
+            notes: Notes::new(),
+            queue_time: 5,
+        };
+        let body = MessageBody {
+            spooled: None,
+            tail: b"Subject: t\r\n\r\nhi\r\n".to_vec(),
+        };
+        let names = spool.commit(&req, &body).unwrap();
+        assert_eq!(names.len(), 2);
+        let bytes = std::fs::read(dir.path().join(&names[0])).unwrap();
+        let (todo, msg) = decode(&bytes).unwrap();
+        assert_eq!(todo.domain, "x.org");
+        assert_eq!(todo.rcpt_to.len(), 2);
+        assert_eq!(todo.uuid, "U.1.1");
+        assert_eq!(msg, b"Subject: t\r\n\r\nhi\r\n");
+    }
+
+    #[test]
+    fn group_sync_from_many_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = std::sync::Arc::new(GroupSync::new(dir.path()).unwrap());
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let g = g.clone();
+                std::thread::spawn(move || (0..20).for_each(|_| g.sync().unwrap()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Starting the daemon: validate config, build the plugin chain, open the queue, bind the
+//! listeners, and start one worker arbiter per `nodes` with its own listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::actors::connection::Shared;
+use crate::actors::listener::Listener;
+use crate::config::{Config, ConfigError};
+use crate::hooks::PluginRegistry;
+use crate::queue::Spool;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("queue directory {dir}: {source}")]
+    Queue { dir: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Everything checked and bound, ready to run.
+pub struct Prepared {
+    shared: Arc<Shared>,
+    /// For each worker, its sockets (one per listen address).
+    sockets: Vec<Vec<std::net::TcpListener>>,
+    pub local_addrs: Vec<SocketAddr>,
+}
+
+/// Validate and bind (no threads started yet).
+pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, StartError> {
+    let chain = registry.build(cfg)?;
+    let spool = Spool::open(&cfg.queue_dir, &cfg.me, cfg.no_fsync).map_err(|source| StartError::Queue {
+        dir: cfg.queue_dir.display().to_string(),
+        source,
+    })?;
+    let shared = Arc::new(Shared {
+        session: Arc::new(cfg.session_config(chain.hook_set())),
+        chain: Arc::new(chain),
+        spool: Arc::new(spool),
+        spool_after: cfg.spool_after,
+        inactivity: cfg.smtp.inactivity_timeout,
+    });
+    let nodes = cfg.smtp.nodes.max(1);
+    let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..nodes).map(|_| Vec::new()).collect();
+    let mut local_addrs = Vec::new();
+    for want in &cfg.smtp.listen {
+        // Bind the first socket, then the others to the port it got (port 0 in tests).
+        let first = bind(*want).map_err(|source| StartError::Listen { addr: *want, source })?;
+        let addr = first.local_addr().map_err(|source| StartError::Listen { addr: *want, source })?;
+        sockets[0].push(first);
+        for worker in sockets.iter_mut().skip(1) {
+            worker.push(bind(addr).map_err(|source| StartError::Listen { addr, source })?);
+        }
+        local_addrs.push(addr);
+    }
+    Ok(Prepared {
+        shared,
+        sockets,
+        local_addrs,
+    })
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+impl Prepared {
+    /// Start the workers inside the current actix System.
+    pub fn start_workers(self) -> Vec<Arbiter> {
+        let mut arbiters = Vec::new();
+        for worker in self.sockets {
+            let arbiter = Arbiter::new();
+            let shared = self.shared.clone();
+            arbiter.spawn_fn(move || {
+                for socket in worker {
+                    Listener::new(socket, shared.clone()).start();
+                }
+            });
+            arbiters.push(arbiter);
+        }
+        arbiters
+    }
+}
+
+/// A daemon running on its own thread (tests and embedding).
+pub struct RunningServer {
+    pub local_addrs: Vec<SocketAddr>,
+    system: System,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// The first listen address.
+    pub fn addr(&self) -> SocketAddr {
+        self.local_addrs[0]
+    }
+
+    /// Stop every worker and wait for the thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.system.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Start the daemon on a background thread.
+pub fn start(cfg: &Config, registry: &PluginRegistry) -> Result<RunningServer, StartError> {
+    let prepared = prepare(cfg, registry)?;
+    let local_addrs = prepared.local_addrs.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let sys = System::new();
+        sys.block_on(async move {
+            let arbiters = prepared.start_workers();
+            let _ = tx.send((System::current(), arbiters));
+        });
+        let _ = sys.run();
+    });
+    let (system, _arbiters) = rx.recv().expect("server thread started");
+    Ok(RunningServer {
+        local_addrs,
+        system,
+        thread: Some(thread),
+    })
+}
+
+/// Run the daemon on this thread until SIGINT or SIGTERM.
+pub fn run(cfg: &Config, registry: &PluginRegistry) -> Result<(), StartError> {
+    let prepared = prepare(cfg, registry)?;
+    for a in &prepared.local_addrs {
+        tracing::info!(listen = %a, workers = cfg.smtp.nodes, queue = %cfg.queue_dir.display(), "posta listening");
+    }
+    let sys = System::new();
+    sys.block_on(async move {
+        let _arbiters = prepared.start_workers();
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        System::current().stop();
+    });
+    let _ = sys.run();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
