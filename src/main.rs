@@ -9,7 +9,11 @@ use posta::config::Config;
 use posta::hooks::PluginRegistry;
 
 #[derive(Parser)]
-#[command(name = "posta", version, about = "A mail transfer agent that speaks Haraka's config, hooks and queue format")]
+#[command(
+    name = "posta",
+    version,
+    about = "A mail transfer agent that speaks Haraka's config, hooks and queue format"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -33,7 +37,10 @@ enum Cmd {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POSTA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,posta=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -53,7 +60,12 @@ fn main() -> ExitCode {
         }
         Cmd::CheckConfig { config } => match Config::load(&config).and_then(|c| registry.build(&c).map(|_| c)) {
             Ok(c) => {
-                println!("config {} OK: {} plugin(s), listen {:?}", config.display(), c.plugins.len(), c.smtp.listen);
+                println!(
+                    "config {} OK: {} plugin(s), listen {:?}",
+                    config.display(),
+                    c.plugins.len(),
+                    c.smtp.listen
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&format!("config error: {e}")),

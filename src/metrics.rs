@@ -14,7 +14,9 @@ pub struct ActorCounters {
 
 impl ActorCounters {
     pub fn live(&self) -> u64 {
-        self.started.load(Ordering::Relaxed).saturating_sub(self.stopped.load(Ordering::Relaxed))
+        self.started
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.stopped.load(Ordering::Relaxed))
     }
 }
 

@@ -53,7 +53,9 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
     for want in &cfg.smtp.listen {
         // Bind the first socket, then the others to the port it got (port 0 in tests).
         let first = bind(*want).map_err(|source| StartError::Listen { addr: *want, source })?;
-        let addr = first.local_addr().map_err(|source| StartError::Listen { addr: *want, source })?;
+        let addr = first
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr: *want, source })?;
         sockets[0].push(first);
         for worker in sockets.iter_mut().skip(1) {
             worker.push(bind(addr).map_err(|source| StartError::Listen { addr, source })?);

@@ -83,7 +83,7 @@ struct Driver {
 impl Driver {
     async fn run(mut self) {
         loop {
-            let action = match std::panic::catch_unwind(AssertUnwindSafe(|| self.session.next())) {
+            let action = match std::panic::catch_unwind(AssertUnwindSafe(|| self.session.next_action())) {
                 Ok(a) => a,
                 Err(_) => return self.internal_error("session").await,
             };
@@ -151,7 +151,9 @@ impl Driver {
     async fn commit(&mut self) {
         self.flush().await;
         let Some(txn) = self.session.txn() else {
-            return self.session.commit_done(Err(CommitError::Temporary("no transaction".into())));
+            return self
+                .session
+                .commit_done(Err(CommitError::Temporary("no transaction".into())));
         };
         let req = CommitRequest {
             uuid: txn.uuid.clone(),

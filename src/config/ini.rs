@@ -44,15 +44,17 @@ impl IniFile {
             name: name.to_string(),
             sections: HashMap::new(),
         };
+        let mut entries: Vec<(String, String, String)> = Vec::new();
         for (key, value) in map {
             match value.clone().into_table() {
-                Ok(table) => {
-                    for (k, v) in table {
-                        file.insert(&key, &k, v.to_string());
-                    }
-                }
-                Err(_) => file.insert("main", &key, value.to_string()),
+                Ok(table) => entries.extend(table.into_iter().map(|(k, v)| (key.clone(), k, v.to_string()))),
+                Err(_) => entries.push(("main".into(), key, value.to_string())),
             }
+        }
+        // Keep `key[]` elements in file order (the marker carries the line number).
+        entries.sort_by_key(|(_, k, _)| list_index(k));
+        for (section, key, value) in entries {
+            file.insert(&section, &key, value);
         }
         Ok(file)
     }
@@ -84,7 +86,12 @@ impl IniFile {
         self.sections
             .get(&section.to_ascii_lowercase())
             .and_then(|s| s.get(&key.to_ascii_lowercase()))
-            .map(|v| v.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .map(|v| {
+                v.iter()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -156,6 +163,12 @@ impl IniFile {
     }
 }
 
+fn list_index(key: &str) -> usize {
+    key.find(LIST_MARK)
+        .and_then(|i| key[i + LIST_MARK.len()..].parse().ok())
+        .unwrap_or(0)
+}
+
 /// Rewrite `key[]=v` lines as `key[]__N=v` so that the ini reader keeps every element.
 fn mark_lists(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -199,7 +212,10 @@ mod tests {
     fn errors_name_file_and_key() {
         let f = IniFile::parse("connection.ini", "[max]\nbytes=lots\n").unwrap();
         let e = f.u64("max", "bytes", 0).unwrap_err().to_string();
-        assert!(e.contains("connection.ini") && e.contains("[max] bytes") && e.contains("lots"), "{e}");
+        assert!(
+            e.contains("connection.ini") && e.contains("[max] bytes") && e.contains("lots"),
+            "{e}"
+        );
         let f = IniFile::parse("smtp.ini", "[main]\nsmtputf8=maybe\n").unwrap();
         assert!(f.bool("main", "smtputf8", true).is_err());
     }

@@ -71,21 +71,28 @@ impl Config {
     /// Load and validate a config directory.
     pub fn load(dir: &Path) -> Result<Config, ConfigError> {
         if !dir.is_dir() {
-            return Err(ConfigError::new(&dir.display().to_string(), None, "config directory does not exist"));
+            return Err(ConfigError::new(
+                &dir.display().to_string(),
+                None,
+                "config directory does not exist",
+            ));
         }
         let me = read_value(dir, "me")?.unwrap_or_else(default_hostname);
-        let host_list = read_list(dir, "host_list")?.into_iter().map(|h| h.to_ascii_lowercase()).collect();
+        let host_list = read_list(dir, "host_list")?
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
         let plugins = read_list(dir, "plugins")?
             .into_iter()
             .map(|p| p.strip_prefix("haraka-plugin-").map(String::from).unwrap_or(p))
             .collect();
-        let plugin_timeout = match read_value(dir, "plugin_timeout")? {
-            None => Duration::from_secs(30),
-            Some(v) => Duration::from_secs(
-                v.parse()
-                    .map_err(|_| ConfigError::new("plugin_timeout", None, format!("'{v}' is not a number of seconds")))?,
-            ),
-        };
+        let plugin_timeout =
+            match read_value(dir, "plugin_timeout")? {
+                None => Duration::from_secs(30),
+                Some(v) => Duration::from_secs(v.parse().map_err(|_| {
+                    ConfigError::new("plugin_timeout", None, format!("'{v}' is not a number of seconds"))
+                })?),
+            };
         let queue_dir = match read_value(dir, "queue_dir")? {
             Some(q) => dir.join(q),
             None => dir.join("..").join("queue"),
@@ -94,7 +101,11 @@ impl Config {
         let conn_ini = IniFile::load(dir, "connection.ini")?;
         let session = load_session(&conn_ini, &me)?;
         let spool_after = conn_ini.i64("main", "spool_after", 262_144)?;
-        let spool_after = if spool_after < 0 { usize::MAX } else { spool_after as usize };
+        let spool_after = if spool_after < 0 {
+            usize::MAX
+        } else {
+            spool_after as usize
+        };
         let no_fsync = conn_ini.bool("main", "no_fsync", false)?;
         Ok(Config {
             dir: dir.to_path_buf(),
@@ -170,7 +181,11 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     if let Ok(port) = s.parse::<u16>() {
         return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
     }
-    if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+    if let Ok(ip) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
         return Ok(SocketAddr::new(ip, 25));
     }
     if let Ok(mut addrs) = s.to_socket_addrs() {
@@ -178,7 +193,9 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
             return Ok(a);
         }
     }
-    Err(format!("'{s}' is not an address (expected ip:port, [ipv6]:port, ip or port)"))
+    Err(format!(
+        "'{s}' is not an address (expected ip:port, [ipv6]:port, ip or port)"
+    ))
 }
 
 fn load_session(f: &IniFile, me: &str) -> Result<SessionConfig, ConfigError> {
@@ -191,7 +208,10 @@ fn load_session(f: &IniFile, me: &str) -> Result<SessionConfig, ConfigError> {
     if data_line_length != 0 && data_line_length < 80 {
         return Err(f.invalid("max", "data_line_length", "must be 0 (never fold) or at least 80"));
     }
-    let bare_eol = match f.choice("main", "bare_eol", &["normalize", "reject"], "normalize")?.as_str() {
+    let bare_eol = match f
+        .choice("main", "bare_eol", &["normalize", "reject"], "normalize")?
+        .as_str()
+    {
         "reject" => BareEol::Reject,
         _ => BareEol::Normalize,
     };

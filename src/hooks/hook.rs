@@ -125,7 +125,10 @@ pub enum Hook {
     Helo(String),
     Ehlo(String),
     Capabilities,
-    UnrecognizedCommand { verb: String, args: String },
+    UnrecognizedCommand {
+        verb: String,
+        args: String,
+    },
     Vrfy(String),
     Noop,
     Mail(Option<Mailbox>, MailParams),

@@ -86,7 +86,10 @@ impl PluginRegistry {
                 ConfigError::new(
                     "plugins",
                     None,
-                    format!("unknown plugin '{name}' (built-in plugins: {})", self.names().join(", ")),
+                    format!(
+                        "unknown plugin '{name}' (built-in plugins: {})",
+                        self.names().join(", ")
+                    ),
                 )
             })?;
             plugins.push(f(cfg)?);

@@ -46,7 +46,10 @@ impl HeloChecks {
         let tests: [(bool, &'static str); 3] = [
             (!literal && !valid_hostname(host), "Host name is not valid"),
             (host.parse::<IpAddr>().is_ok(), "Invalid address format in HELO"),
-            (literal && !literal_matches(host, remote), "HELO address literal does not match your IP"),
+            (
+                literal && !literal_matches(host, remote),
+                "HELO address literal does not match your IP",
+            ),
         ];
         tests
             .iter()
@@ -59,9 +62,8 @@ impl HeloChecks {
 fn valid_hostname(h: &str) -> bool {
     h.contains('.')
         && !h.ends_with('.')
-        && h.split('.').all(|l| {
-            !l.is_empty() && !l.starts_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
+        && h.split('.')
+            .all(|l| !l.is_empty() && !l.starts_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
 fn literal_matches(host: &str, remote: IpAddr) -> bool {
@@ -87,7 +89,9 @@ impl Plugin for HeloChecks {
         let Some((i, msg)) = self.failure(host, cx.conn.remote.ip) else {
             return HookResult::CONT.into();
         };
-        cx.conn.notes.insert("helo.checks".into(), serde_json::json!({ "fail": CHECKS[i] }));
+        cx.conn
+            .notes
+            .insert("helo.checks".into(), serde_json::json!({ "fail": CHECKS[i] }));
         if self.reject[i] {
             return HookResult::with_msg(Outcome::Deny, msg).into();
         }

@@ -16,9 +16,9 @@ impl MaxUnrecognized {
     pub fn build(cfg: &Config) -> Result<Arc<dyn Plugin>, ConfigError> {
         let max = match cfg.value("max_unrecognized_commands")? {
             None => 10,
-            Some(v) => v.parse().map_err(|_| {
-                ConfigError::new("max_unrecognized_commands", None, format!("'{v}' is not a number"))
-            })?,
+            Some(v) => v
+                .parse()
+                .map_err(|_| ConfigError::new("max_unrecognized_commands", None, format!("'{v}' is not a number")))?,
         };
         Ok(Arc::new(MaxUnrecognized { max }))
     }

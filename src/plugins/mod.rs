@@ -18,5 +18,8 @@ pub fn register_builtins(r: &mut PluginRegistry) {
     r.register("queue/discard", queue::discard::Discard::build);
     r.register("helo.checks", helo_checks::HeloChecks::build);
     r.register("early_talker", early_talker::EarlyTalker::build);
-    r.register("max_unrecognized_commands", max_unrecognized_commands::MaxUnrecognized::build);
+    r.register(
+        "max_unrecognized_commands",
+        max_unrecognized_commands::MaxUnrecognized::build,
+    );
 }

@@ -109,9 +109,7 @@ fn strip_source_route(inner: &str) -> Result<&str, AddressError> {
         .find(':')
         .ok_or(AddressError::Syntax("source route without colon"))?;
     for hop in inner[..colon].split(',') {
-        let hop = hop
-            .strip_prefix('@')
-            .ok_or(AddressError::Syntax("bad source route"))?;
+        let hop = hop.strip_prefix('@').ok_or(AddressError::Syntax("bad source route"))?;
         check_domain(hop, true)?;
     }
     Ok(&inner[colon + 1..])
@@ -276,7 +274,10 @@ mod tests {
         let m = mb("<a.b@Example.COM>", MAIL).unwrap().unwrap();
         assert_eq!(m.local, "a.b");
         assert_eq!(m.host(), "example.com");
-        assert_eq!(mb("user@example.com", MAIL).unwrap().unwrap().to_string(), "user@example.com");
+        assert_eq!(
+            mb("user@example.com", MAIL).unwrap().unwrap().to_string(),
+            "user@example.com"
+        );
     }
 
     #[test]

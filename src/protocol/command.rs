@@ -27,7 +27,10 @@ pub enum Command<'a> {
     Vrfy(&'a str),
     Help,
     /// Anything else; goes to the `unrecognized_command` hook with verb and arguments.
-    Unknown { verb: &'a str, args: &'a str },
+    Unknown {
+        verb: &'a str,
+        args: &'a str,
+    },
 }
 
 impl Command<'_> {
@@ -314,9 +317,16 @@ where
         };
         let key_ok = key.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
             && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        let value_ok = value.is_none_or(|v| !v.is_empty() && v.bytes().all(|b| (33..=126).contains(&b) && b != b'=') || (!v.is_ascii() && !v.contains('=') && !v.chars().any(char::is_control)));
+        let value_ok = value.is_none_or(|v| {
+            !v.is_empty() && v.bytes().all(|b| (33..=126).contains(&b) && b != b'=')
+                || (!v.is_ascii() && !v.contains('=') && !v.chars().any(char::is_control))
+        });
         if !key_ok || !value_ok {
-            return Err(Reply::ext(501, (5, 5, 4), format!("Syntax error in parameter {}", sanitize(word))));
+            return Err(Reply::ext(
+                501,
+                (5, 5, 4),
+                format!("Syntax error in parameter {}", sanitize(word)),
+            ));
         }
         let upper = key.to_ascii_uppercase();
         if seen.contains(&upper) {
@@ -423,7 +433,8 @@ fn apply_rcpt_param(p: &mut RcptParams, key: &str, v: Option<&str>) -> Result<()
                         && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                         && !addr.is_empty()
                         && v.len() <= 500
-                        && (is_xtext(addr) || (kind.eq_ignore_ascii_case("utf-8") && !addr.chars().any(char::is_control)))
+                        && (is_xtext(addr)
+                            || (kind.eq_ignore_ascii_case("utf-8") && !addr.chars().any(char::is_control)))
                 }
                 None => false,
             };
@@ -494,7 +505,13 @@ mod tests {
         assert_eq!(parse_command("ehlo x.org"), Command::Ehlo("x.org"));
         assert_eq!(parse_command("MAIL FROM:<a@b.c>"), Command::Mail("FROM:<a@b.c>"));
         assert_eq!(parse_command("noop"), Command::Noop);
-        assert_eq!(parse_command("EXPN x"), Command::Unknown { verb: "EXPN", args: "x" });
+        assert_eq!(
+            parse_command("EXPN x"),
+            Command::Unknown {
+                verb: "EXPN",
+                args: "x"
+            }
+        );
     }
 
     #[test]

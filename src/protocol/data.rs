@@ -67,6 +67,9 @@ pub struct BodyReceiver {
     too_big: bool,
     bare_eol: bool,
     folded: bool,
+    /// The previous line ended with a real CRLF (or this is the first line): only then can
+    /// a `.` line end DATA. This is what refuses `<LF>.<CRLF>` and `<CR>.<CRLF>`.
+    prev_crlf: bool,
     headers: HeaderScan,
 }
 
@@ -81,6 +84,7 @@ impl BodyReceiver {
             too_big: false,
             bare_eol: false,
             folded: false,
+            prev_crlf: true,
             headers: HeaderScan::default(),
         }
     }
@@ -186,6 +190,7 @@ impl BodyReceiver {
     fn eol(&mut self, out: &mut Vec<u8>, bare: bool) {
         out.extend_from_slice(b"\r\n");
         self.bare_eol |= bare;
+        self.prev_crlf = !bare;
         self.st = St::LineStart;
         self.line_len = 0;
     }
@@ -221,9 +226,15 @@ impl BodyReceiver {
                 self.st = St::Mid;
                 return self.step(c, out);
             }
-            (St::DotCr, b'\n') => {
+            (St::DotCr, b'\n') if self.prev_crlf => {
                 self.st = St::LineStart;
                 return true;
+            }
+            (St::DotCr, b'\n') => {
+                // A lone dot after a bare line ending: data, stored stuffed.
+                out.extend_from_slice(b"..");
+                self.eol(out, false);
+                self.bare_eol = true;
             }
             (St::DotCr, _) => {
                 out.extend_from_slice(b"..");
@@ -307,7 +318,7 @@ mod tests {
         let (out, fed, r) = data(b"Subject: x\r\n\r\nhello\r\n..dot\r\n.\r\nQUIT\r\n");
         assert_eq!(out, b"Subject: x\r\n\r\nhello\r\n..dot\r\n");
         assert!(fed.done);
-        assert_eq!(fed.consumed, 33);
+        assert_eq!(fed.consumed, 31);
         assert!(!r.bare_eol());
     }
 
@@ -329,6 +340,9 @@ mod tests {
             b"a\r.\r\nMAIL FROM:<x@y>\r\n",
             b"a\r\n\x00.\r\nMAIL FROM:<x@y>\r\n",
             b"a\r\n.\x00\r\nMAIL FROM:<x@y>\r\n",
+            b"a\n.\r\nMAIL FROM:<x@y>\r\n",
+            b"a\r.\r\n",
+            b"\n.\r\n",
         ] {
             let (out, fed, r) = data(v);
             assert!(!fed.done, "{v:?} ended data");
@@ -367,7 +381,13 @@ mod tests {
 
     #[test]
     fn too_big_is_drained() {
-        let mut r = BodyReceiver::new(Mode::Data, BodyLimits { max_bytes: 10, max_line: 0 });
+        let mut r = BodyReceiver::new(
+            Mode::Data,
+            BodyLimits {
+                max_bytes: 10,
+                max_line: 0,
+            },
+        );
         let mut out = Vec::new();
         let f = r.feed(b"0123456789abcdef\r\n.\r\n", &mut out);
         assert!(f.done && r.too_big());
@@ -376,7 +396,13 @@ mod tests {
 
     #[test]
     fn long_lines_fold() {
-        let mut r = BodyReceiver::new(Mode::Data, BodyLimits { max_bytes: 0, max_line: 10 });
+        let mut r = BodyReceiver::new(
+            Mode::Data,
+            BodyLimits {
+                max_bytes: 0,
+                max_line: 10,
+            },
+        );
         let mut out = Vec::new();
         r.feed(b"abcdefghijklmnop\r\n.\r\n", &mut out);
         assert_eq!(out, b"abcdefgh\r\n ijklmno\r\n p\r\n");

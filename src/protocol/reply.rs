@@ -74,11 +74,7 @@ impl Reply {
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let last = self.lines.len().saturating_sub(1);
         let empty = [String::new()];
-        let lines: &[String] = if self.lines.is_empty() {
-            &empty
-        } else {
-            &self.lines
-        };
+        let lines: &[String] = if self.lines.is_empty() { &empty } else { &self.lines };
         for (i, line) in lines.iter().enumerate() {
             out.extend_from_slice(itoa3(self.code).as_bytes());
             out.push(if i == last { b' ' } else { b'-' });
@@ -155,7 +151,10 @@ mod tests {
     #[test]
     fn enhanced_on_every_line_and_no_injection() {
         let r = Reply::ext(550, (5, 7, 1), "no\r\n250 injected\nsecond");
-        assert_eq!(r.to_wire(), "550-5.7.1 no250 injected\r\n550 5.7.1 second\r\n");
+        assert_eq!(
+            r.to_wire(),
+            "550-5.7.1 no\r\n550-5.7.1 250 injected\r\n550 5.7.1 second\r\n"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The server side of one SMTP session as a sans-IO state machine.
 //!
 //! The driver (the Connection actor) feeds bytes in with [`Session::receive`] and asks what to
-//! do next with [`Session::next`]:
+//! do next with [`Session::next_action`]:
 //!
 //! - [`Action::Hook`]: run the plugin chain for this hook, then call [`Session::hook_done`].
 //! - [`Action::Body`]: message bytes in stored form, for the spool.
@@ -141,9 +141,15 @@ enum Phase {
     /// Receiving DATA.
     Data,
     /// Receiving a BDAT chunk of `remaining` octets.
-    Bdat { remaining: u64, last: bool },
+    Bdat {
+        remaining: u64,
+        last: bool,
+    },
     /// Skipping a BDAT chunk that was refused; `reply` goes out after it.
-    BdatSkip { remaining: u64, reply: Reply },
+    BdatSkip {
+        remaining: u64,
+        reply: Reply,
+    },
     /// Waiting for the end of a message (hooks, commit); input is left buffered.
     EndOfData,
     /// Connect was refused: every command gets this reply except QUIT (Haraka's LOOP state).
@@ -255,7 +261,9 @@ impl Session {
                 self.hook(Hook::QueueOk(text.clone()), Then::QueueOk(text));
             }
             Err(CommitError::DiskFull) => self.end_message(Reply::ext(452, (4, 3, 1), "Insufficient system storage")),
-            Err(CommitError::Temporary(_)) => self.end_message(Reply::ext(451, (4, 3, 0), "Internal server error, try again later")),
+            Err(CommitError::Temporary(_)) => {
+                self.end_message(Reply::ext(451, (4, 3, 0), "Internal server error, try again later"))
+            }
         }
     }
 
@@ -273,7 +281,7 @@ impl Session {
     }
 
     /// The next thing to do.
-    pub fn next(&mut self) -> Action {
+    pub fn next_action(&mut self) -> Action {
         loop {
             if self.waiting.is_some() {
                 // The driver must call hook_done/commit_done first; asking again is a no-op.
@@ -512,7 +520,10 @@ impl Session {
     fn cmd_hello(&mut self, verb: HelloVerb, host: &str) {
         if host.is_empty() {
             let v = if verb == HelloVerb::Helo { "HELO" } else { "EHLO" };
-            self.error(Reply::plain(501, format!("{v} requires domain/address - see RFC-5321 4.1.1.1")));
+            self.error(Reply::plain(
+                501,
+                format!("{v} requires domain/address - see RFC-5321 4.1.1.1"),
+            ));
             return;
         }
         // HELO/EHLO resets the transaction (RFC 5321 4.1.4).
@@ -583,7 +594,11 @@ impl Session {
         if self.txn.as_ref().is_some_and(|t| t.chunking) {
             return self.error(Reply::ext(503, (5, 5, 1), "DATA not allowed after BDAT"));
         }
-        if self.txn.as_ref().is_some_and(|t| t.mail_params.body == Some(command::Body::BinaryMime)) {
+        if self
+            .txn
+            .as_ref()
+            .is_some_and(|t| t.mail_params.body == Some(command::Body::BinaryMime))
+        {
             return self.error(Reply::ext(503, (5, 5, 1), "BODY=BINARYMIME requires BDAT"));
         }
         self.hook(Hook::Data, Then::Data(None));
@@ -595,7 +610,10 @@ impl Session {
         };
         if let Err(r) = self.data_allowed() {
             self.conn.errors += 1;
-            self.phase = Phase::BdatSkip { remaining: size, reply: r };
+            self.phase = Phase::BdatSkip {
+                remaining: size,
+                reply: r,
+            };
             return;
         }
         if self.txn.as_ref().is_some_and(|t| t.chunking) {
@@ -733,7 +751,11 @@ impl Session {
             return self.end_message(Reply::ext(550, (5, 6, 0), "Bare CR or LF in message (RFC 5321 2.3.8)"));
         }
         if self.cfg.max_received > 0 && body.received_headers() > self.cfg.max_received {
-            return self.end_message(Reply::ext(550, (5, 4, 6), "Too many received headers - possible mail loop"));
+            return self.end_message(Reply::ext(
+                550,
+                (5, 4, 6),
+                "Too many received headers - possible mail loop",
+            ));
         }
         self.hook(Hook::DataPost, Then::DataPost);
     }
@@ -784,7 +806,9 @@ impl Session {
                 self.reset_txn();
             }
             Then::Quit => {
-                let text = r.msg.unwrap_or_else(|| format!("{} {}", self.cfg.me, self.cfg.close_msg));
+                let text = r
+                    .msg
+                    .unwrap_or_else(|| format!("{} {}", self.cfg.me, self.cfg.close_msg));
                 self.reply(Reply::ext(221, (2, 0, 0), text));
                 self.close();
             }
@@ -825,7 +849,12 @@ impl Session {
                 return;
             }
             Outcome::DenyDisconnect | Outcome::Disconnect | Outcome::DenySoftDisconnect => {
-                self.reply(refuse_reply(r.outcome, "rDNS Lookup Failed", "rDNS Temporary Failure", &r.msg));
+                self.reply(refuse_reply(
+                    r.outcome,
+                    "rDNS Lookup Failed",
+                    "rDNS Temporary Failure",
+                    &r.msg,
+                ));
                 return self.close();
             }
             _ => {}
@@ -841,7 +870,12 @@ impl Session {
                 self.reply(reply);
             }
             Outcome::DenyDisconnect | Outcome::Disconnect | Outcome::DenySoftDisconnect => {
-                self.reply(refuse_reply(r.outcome, "Your mail is not welcome here", "Come back later", &r.msg));
+                self.reply(refuse_reply(
+                    r.outcome,
+                    "Your mail is not welcome here",
+                    "Come back later",
+                    &r.msg,
+                ));
                 self.close();
             }
             _ => {
@@ -855,7 +889,11 @@ impl Session {
     /// `220 <me> ESMTP posta/<version> ready (<uuid chars>)`, or the configured greeting.
     fn banner(&self, hook_msg: Option<&str>) -> Reply {
         let n = self.cfg.banner_chars.min(self.conn.uuid.len());
-        let id = if n > 0 { format!(" ({})", &self.conn.uuid[..n]) } else { String::new() };
+        let id = if n > 0 {
+            format!(" ({})", &self.conn.uuid[..n])
+        } else {
+            String::new()
+        };
         if let Some(m) = hook_msg {
             return Reply::plain(220, m);
         }
@@ -866,7 +904,11 @@ impl Session {
                 v
             }
             None => {
-                let ver = if self.cfg.show_version { concat!("/", env!("CARGO_PKG_VERSION")) } else { "" };
+                let ver = if self.cfg.show_version {
+                    concat!("/", env!("CARGO_PKG_VERSION"))
+                } else {
+                    ""
+                };
                 vec![format!("{} ESMTP posta{ver} ready{id}", self.cfg.me)]
             }
         };
@@ -884,7 +926,12 @@ impl Session {
         self.conn.hello = Some(Hello { verb, host });
         match verb {
             HelloVerb::Helo => {
-                let text = format!("{} Hello {}, {}", self.cfg.me, self.conn.remote.display(), self.cfg.helo_msg);
+                let text = format!(
+                    "{} Hello {}, {}",
+                    self.cfg.me,
+                    self.conn.remote.display(),
+                    self.cfg.helo_msg
+                );
                 self.reply(Reply::plain(250, text));
             }
             HelloVerb::Ehlo => {
@@ -895,7 +942,12 @@ impl Session {
     }
 
     fn after_capabilities(&mut self) {
-        let mut lines = vec![format!("{} Hello {}, {}", self.cfg.me, self.conn.remote.display(), self.cfg.helo_msg)];
+        let mut lines = vec![format!(
+            "{} Hello {}, {}",
+            self.cfg.me,
+            self.conn.remote.display(),
+            self.cfg.helo_msg
+        )];
         lines.push("PIPELINING".into());
         lines.push("8BITMIME".into());
         if self.cfg.smtputf8 {
@@ -934,7 +986,11 @@ impl Session {
         }
         let reply = match r.outcome {
             Outcome::Ok => Reply::ext(250, (2, 1, 5), "User OK"),
-            _ => Reply::ext(252, (2, 1, 5), "Just try sending a mail and we'll see how it turns out..."),
+            _ => Reply::ext(
+                252,
+                (2, 1, 5),
+                "Just try sending a mail and we'll see how it turns out...",
+            ),
         };
         self.reply(refuse_text(reply, &r.msg));
     }
@@ -954,7 +1010,10 @@ impl Session {
             self.reset_txn();
             return;
         }
-        self.reply(refuse_text(Reply::ext(250, (2, 1, 0), format!("sender {sender} OK")), &r.msg));
+        self.reply(refuse_text(
+            Reply::ext(250, (2, 1, 0), format!("sender {sender} OK")),
+            &r.msg,
+        ));
     }
 
     fn after_rcpt(&mut self, rcpt: Recipient, r: HookResult) {
@@ -983,7 +1042,10 @@ impl Session {
             return;
         };
         txn.rcpt_to.push(rcpt);
-        self.reply(refuse_text(Reply::ext(250, (2, 1, 5), format!("recipient {a} OK")), &msg));
+        self.reply(refuse_text(
+            Reply::ext(250, (2, 1, 5), format!("recipient {a} OK")),
+            &msg,
+        ));
     }
 
     fn after_data(&mut self, bdat: Option<(u64, bool)>, r: HookResult) {
@@ -994,7 +1056,10 @@ impl Session {
             Some((size, _)) if is_deny(r.outcome) => {
                 let reply = if is_soft(r.outcome) { soft } else { hard };
                 let reply = refuse_text(reply, &r.msg);
-                let close = matches!(r.outcome, Outcome::DenyDisconnect | Outcome::DenySoftDisconnect | Outcome::Disconnect);
+                let close = matches!(
+                    r.outcome,
+                    Outcome::DenyDisconnect | Outcome::DenySoftDisconnect | Outcome::Disconnect
+                );
                 self.reset_txn();
                 if close {
                     self.reply(reply);
@@ -1045,7 +1110,11 @@ impl Session {
             self.resume_commands();
             return;
         }
-        let hook = if self.conn.relaying { Hook::QueueOutbound } else { Hook::Queue };
+        let hook = if self.conn.relaying {
+            Hook::QueueOutbound
+        } else {
+            Hook::Queue
+        };
         self.hook(hook, Then::Queue);
     }
 

@@ -93,7 +93,10 @@ pub fn encode_header(todo: &Todo) -> Vec<u8> {
 
 /// Length of the prefix + header, read from the first 4 bytes.
 pub fn header_len(prefix: &[u8]) -> Result<u32, QueueFileError> {
-    let b: [u8; 4] = prefix.get(..4).and_then(|b| b.try_into().ok()).ok_or(QueueFileError::Truncated)?;
+    let b: [u8; 4] = prefix
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(QueueFileError::Truncated)?;
     Ok(u32::from_be_bytes(b))
 }
 

@@ -63,7 +63,11 @@ impl Spool {
         if no_fsync {
             tracing::warn!("queue no_fsync is on: accepted mail can be lost on a crash (benchmarks only)");
         }
-        let uid: String = rand::thread_rng().sample_iter(&Alphanumeric).take(6).map(char::from).collect();
+        let uid: String = rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(6)
+            .map(char::from)
+            .collect();
         Ok(Spool {
             dir: dir.to_path_buf(),
             dir_sync: GroupSync::new(dir)?,
@@ -116,7 +120,12 @@ impl Spool {
         })
     }
 
-    fn write_all(&self, req: &CommitRequest, body: &MessageBody, written: &mut Vec<PathBuf>) -> io::Result<Vec<String>> {
+    fn write_all(
+        &self,
+        req: &CommitRequest,
+        body: &MessageBody,
+        written: &mut Vec<PathBuf>,
+    ) -> io::Result<Vec<String>> {
         let now = now_ms();
         let mut names = Vec::new();
         for (k, (domain, rcpts)) in split_by_domain(&req.rcpt_to).into_iter().enumerate() {
@@ -253,7 +262,10 @@ impl GroupSync {
     pub fn new(dir: &Path) -> io::Result<GroupSync> {
         Ok(GroupSync {
             dir: File::open(dir)?,
-            state: Mutex::new(SyncState { next: 1, ..Default::default() }),
+            state: Mutex::new(SyncState {
+                next: 1,
+                ..Default::default()
+            }),
             cv: Condvar::new(),
         })
     }
