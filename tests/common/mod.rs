@@ -2,6 +2,8 @@
 //! own temp config and queue dirs) and talk SMTP to it over real TCP.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -168,6 +170,9 @@ pub fn read_reply<R: BufRead>(r: &mut R) -> Option<Reply> {
         match r.read_line(&mut line) {
             Ok(0) | Err(_) => return None,
             Ok(_) => {}
+        }
+        if !line.ends_with('\n') {
+            return None; // connection closed in the middle of a line
         }
         assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
         assert!(line.len() <= 512, "reply line too long: {line:?}");

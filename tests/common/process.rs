@@ -1,0 +1,67 @@
+//! Running the real `posta` binary as a child process (for kill -9 and memory tests).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A daemon child process, killed with SIGKILL when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A field of /proc/PID/status in kB (VmHWM = peak RSS).
+    pub fn status_kb(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        s.lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Point the config in `cfg_dir` at `port` and start `posta run` on it; waits (bounded)
+/// until the port accepts connections.
+pub fn spawn_daemon(cfg_dir: &Path, port: u16) -> Daemon {
+    let smtp = format!("[main]\nlisten=127.0.0.1:{port}\nnodes=2\ninactivity_timeout=30\n");
+    std::fs::write(cfg_dir.join("smtp.ini"), smtp).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_posta"))
+        .args(["run", "-c"])
+        .arg(cfg_dir)
+        .env("POSTA_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn posta");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "posta did not start listening on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Daemon { child, addr }
+}
