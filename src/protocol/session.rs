@@ -1181,3 +1181,211 @@ fn refuse_text(reply: Reply, msg: &Option<String>) -> Reply {
         _ => reply,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    /// What a scripted run of a session produced.
+    struct Run {
+        out: String,
+        hooks: Vec<&'static str>,
+        body: Vec<u8>,
+        commits: usize,
+        closed: bool,
+    }
+
+    fn session(cfg: SessionConfig) -> Session {
+        let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let local: SocketAddr = "192.0.2.2:25".parse().unwrap();
+        Session::new(Arc::new(cfg), Connection::new(peer, local))
+    }
+
+    /// Feed `input` in one piece, answer hooks with `answer`, commits with Ok.
+    fn run_with(cfg: SessionConfig, input: &[u8], answer: impl Fn(&Hook) -> HookResult) -> Run {
+        let mut s = session(cfg);
+        let mut fed = false;
+        let mut run = Run {
+            out: String::new(),
+            hooks: Vec::new(),
+            body: Vec::new(),
+            commits: 0,
+            closed: false,
+        };
+        for _ in 0..10_000 {
+            match s.next_action() {
+                Action::Hook(h) => {
+                    run.hooks.push(h.name().as_str());
+                    let r = answer(&h);
+                    s.hook_done(r);
+                }
+                Action::Body(b) => run.body.extend_from_slice(&b),
+                Action::Commit => {
+                    run.commits += 1;
+                    s.commit_done(Ok("q".into()));
+                }
+                Action::Discard => run.body.clear(),
+                Action::NeedInput if !fed => {
+                    fed = true;
+                    s.receive(input);
+                }
+                Action::NeedInput => s.peer_closed(),
+                Action::Close => {
+                    run.closed = true;
+                    break;
+                }
+            }
+        }
+        run.out = String::from_utf8_lossy(&s.take_output()).into_owned();
+        run
+    }
+
+    fn run(input: &[u8]) -> Run {
+        run_with(SessionConfig::defaults("mx.test"), input, |h| match h {
+            Hook::Rcpt(_) => HookResult::new(Outcome::Ok),
+            _ => HookResult::CONT,
+        })
+    }
+
+    fn codes(out: &str) -> Vec<u16> {
+        out.lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).map(|l| l[..3].parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn full_transaction() {
+        let r = run(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@mx.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n");
+        assert_eq!(codes(&r.out), vec![220, 250, 250, 250, 354, 250, 221]);
+        assert_eq!(r.commits, 1);
+        assert!(r.closed);
+        let body = String::from_utf8(r.body).unwrap();
+        assert!(body.starts_with("Received: from c.test ([192.0.2.1])\r\n\tby mx.test (posta/"));
+        assert!(body.ends_with("\r\nhi\r\n"));
+        assert_eq!(
+            r.hooks,
+            vec![
+                "connect_init",
+                "lookup_rdns",
+                "connect",
+                "ehlo",
+                "capabilities",
+                "mail",
+                "rcpt",
+                "rcpt_ok",
+                "data",
+                "data_post",
+                "queue",
+                "queue_ok",
+                "reset_transaction",
+                "quit",
+                "disconnect"
+            ]
+        );
+    }
+
+    #[test]
+    fn sequencing_errors() {
+        let r = run(b"MAIL FROM:<a@b.test>\r\nHELO c.test\r\nRCPT TO:<x@mx.test>\r\nDATA\r\nMAIL FROM:<a@b.test>\r\nMAIL FROM:<a@b.test>\r\nDATA\r\n");
+        assert_eq!(codes(&r.out), vec![220, 503, 250, 503, 503, 250, 503, 503]);
+        assert_eq!(r.commits, 0);
+    }
+
+    #[test]
+    fn too_many_errors_closes() {
+        let r = run(&b"FOO\r\n".repeat(12));
+        let c = codes(&r.out);
+        assert_eq!(c.iter().filter(|&&x| x == 500).count(), 10);
+        assert_eq!(c.last(), Some(&421));
+        assert!(r.closed);
+    }
+
+    #[test]
+    fn smuggled_mail_is_data() {
+        let r = run(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@mx.test>\r\nDATA\r\nx\n.\nMAIL FROM:<e@vil>\r\nRCPT TO:<y@mx.test>\r\nDATA\r\nevil\r\n.\r\n");
+        assert_eq!(codes(&r.out), vec![220, 250, 250, 250, 354, 250]);
+        assert_eq!(r.commits, 1);
+        assert!(String::from_utf8_lossy(&r.body).contains("MAIL FROM:<e@vil>"));
+    }
+
+    #[test]
+    fn bare_lf_reject_policy() {
+        let mut cfg = SessionConfig::defaults("mx.test");
+        cfg.bare_eol = BareEol::Reject;
+        let r = run_with(cfg, b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@mx.test>\r\nDATA\r\na\nb\r\n.\r\nNOOP\r\n", |h| {
+            match h {
+                Hook::Rcpt(_) => HookResult::new(Outcome::Ok),
+                _ => HookResult::CONT,
+            }
+        });
+        assert_eq!(codes(&r.out), vec![220, 250, 250, 250, 354, 550, 250]);
+        assert_eq!(r.commits, 0);
+        assert!(r.body.is_empty(), "body discarded");
+    }
+
+    #[test]
+    fn size_limit_and_recipients() {
+        let mut cfg = SessionConfig::defaults("mx.test");
+        cfg.max_bytes = 10;
+        cfg.max_recipients = 1;
+        let r = run_with(
+            cfg,
+            b"EHLO c\r\nMAIL FROM:<a@b.test> SIZE=11\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@mx.test>\r\nRCPT TO:<y@mx.test>\r\nDATA\r\n0123456789abc\r\n.\r\nRSET\r\n",
+            |h| match h {
+                Hook::Rcpt(_) => HookResult::new(Outcome::Ok),
+                _ => HookResult::CONT,
+            },
+        );
+        assert_eq!(codes(&r.out), vec![220, 250, 552, 250, 250, 452, 354, 552, 250]);
+        assert_eq!(r.commits, 0);
+    }
+
+    #[test]
+    fn bdat_chunks_and_skip() {
+        let r = run(b"EHLO c\r\nBDAT 3\r\nabcMAIL FROM:<a@b.test>\r\nRCPT TO:<x@mx.test>\r\nBDAT 4\r\nab\r\nBDAT 3 LAST\r\ncd\nNOOP\r\n");
+        assert_eq!(codes(&r.out), vec![220, 250, 503, 250, 250, 250, 250, 250]);
+        assert_eq!(r.commits, 1);
+        assert!(r.body.ends_with(b"ab\r\ncd\r\n"), "{:?}", String::from_utf8_lossy(&r.body));
+    }
+
+    #[test]
+    fn connect_deny_loops_until_quit() {
+        let r = run_with(SessionConfig::defaults("mx.test"), b"EHLO c\r\nMAIL FROM:<>\r\nQUIT\r\n", |h| match h {
+            Hook::Connect => HookResult::with_msg(Outcome::Deny, "go away"),
+            _ => HookResult::CONT,
+        });
+        assert_eq!(r.out, "554 5.7.1 go away\r\n554 5.7.1 go away\r\n554 5.7.1 go away\r\n221 2.0.0 mx.test closing connection. Have a jolly good day.\r\n");
+        assert!(r.closed);
+    }
+
+    #[test]
+    fn hook_disconnects() {
+        for (outcome, code) in [(Outcome::DenyDisconnect, 550), (Outcome::DenySoftDisconnect, 450)] {
+            let r = run_with(SessionConfig::defaults("mx.test"), b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nNOOP\r\n", |h| {
+                match h {
+                    Hook::Mail(..) => HookResult::new(outcome),
+                    _ => HookResult::CONT,
+                }
+            });
+            assert_eq!(codes(&r.out), vec![220, 250, code]);
+            assert!(r.closed);
+        }
+    }
+
+    #[test]
+    fn overlong_command_line() {
+        let mut line = vec![b'A'; 600];
+        line.extend_from_slice(b"\r\n");
+        let r = run(&line);
+        assert_eq!(codes(&r.out), vec![220, 521]);
+        assert!(r.closed);
+    }
+
+    #[test]
+    fn skipped_hooks_answer_cont() {
+        let mut cfg = SessionConfig::defaults("mx.test");
+        cfg.hooks = HookSet::default();
+        let r = run_with(cfg, b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@mx.test>\r\n", |_| unreachable!());
+        assert_eq!(codes(&r.out), vec![220, 250, 250, 550]);
+        assert!(r.hooks.is_empty());
+    }
+}
