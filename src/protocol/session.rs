@@ -468,7 +468,7 @@ impl Session {
     }
 
     fn loop_line(&mut self, line: &[u8], r: Reply) {
-        let is_quit = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"QUIT");
+        let is_quit = line.trim_ascii_end().eq_ignore_ascii_case(b"QUIT");
         if is_quit && !self.quit_seen {
             self.quit_seen = true;
             self.quit();
@@ -961,6 +961,8 @@ impl Session {
 
     fn after_unrecognized(&mut self, r: HookResult) {
         match r.outcome {
+            // In Haraka the plugin writes its own reply; posta plugins cannot touch the
+            // socket, so the core answers 250 with the plugin's message.
             Outcome::Ok => {
                 let text = r.msg.unwrap_or_else(|| "OK".into());
                 self.reply(Reply::ext(250, (2, 0, 0), text));
@@ -982,23 +984,28 @@ impl Session {
         let hard = Reply::ext(550, (5, 7, 1), "Access Denied");
         let soft = Reply::ext(450, (4, 7, 1), "Lookup Failed");
         if self.deny(&r, hard, soft).is_some() {
+            // Haraka resets the transaction after a refused VRFY.
+            self.reset_txn();
             return;
         }
-        let reply = match r.outcome {
-            Outcome::Ok => Reply::ext(250, (2, 1, 5), "User OK"),
-            _ => Reply::ext(
-                252,
-                (2, 1, 5),
-                "Just try sending a mail and we'll see how it turns out...",
-            ),
-        };
-        self.reply(refuse_text(reply, &r.msg));
+        let text = "Just try sending a mail and we'll see how it turns out...";
+        match r.outcome {
+            Outcome::Ok => self.reply(refuse_text(Reply::ext(250, (2, 1, 5), "User OK"), &r.msg)),
+            _ => self.reply(Reply::ext(252, (2, 1, 5), text)),
+        }
     }
 
+    /// Haraka's noop_respond acts on DENY (500) and DENYDISCONNECT (500 + close) only.
     fn after_noop(&mut self, r: HookResult) {
-        let hard = Reply::ext(500, (5, 5, 1), "Stop wasting my time");
-        if self.deny(&r, hard.clone(), hard).is_none() {
-            self.reply(Reply::ext(250, (2, 0, 0), "OK"));
+        let hard = refuse_text(Reply::ext(500, (5, 5, 1), "Stop wasting my time"), &r.msg);
+        match r.outcome {
+            Outcome::Deny => self.reply(hard),
+            Outcome::DenyDisconnect => {
+                self.reply(hard);
+                self.close();
+            }
+            Outcome::Disconnect => self.close(),
+            _ => self.reply(Reply::ext(250, (2, 0, 0), "OK")),
         }
     }
 
@@ -1042,6 +1049,8 @@ impl Session {
             return;
         };
         txn.rcpt_to.push(rcpt);
+        // rcpt_ok's own message wins, then the rcpt hook's (Haraka's rcpt_ok_respond).
+        let msg = r.msg.or(msg);
         self.reply(refuse_text(
             Reply::ext(250, (2, 1, 5), format!("recipient {a} OK")),
             &msg,
@@ -1126,6 +1135,8 @@ impl Session {
             self.resume_commands();
             return;
         }
+        // Haraka answers 451 when no queue plugin takes the message; posta has one durable
+        // queue and commits it itself (CONT), routing happens at delivery (DESIGN.md 4).
         if r.outcome == Outcome::Ok {
             // A queue plugin took the message (queue/discard and friends).
             let uuid = self.txn.as_ref().map(|t| t.uuid.clone()).unwrap_or_default();
@@ -1249,7 +1260,10 @@ mod tests {
     }
 
     fn codes(out: &str) -> Vec<u16> {
-        out.lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).map(|l| l[..3].parse().unwrap()).collect()
+        out.lines()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| l[..3].parse().unwrap())
+            .collect()
     }
 
     #[test]
@@ -1311,12 +1325,14 @@ mod tests {
     fn bare_lf_reject_policy() {
         let mut cfg = SessionConfig::defaults("mx.test");
         cfg.bare_eol = BareEol::Reject;
-        let r = run_with(cfg, b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@mx.test>\r\nDATA\r\na\nb\r\n.\r\nNOOP\r\n", |h| {
-            match h {
+        let r = run_with(
+            cfg,
+            b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@mx.test>\r\nDATA\r\na\nb\r\n.\r\nNOOP\r\n",
+            |h| match h {
                 Hook::Rcpt(_) => HookResult::new(Outcome::Ok),
                 _ => HookResult::CONT,
-            }
-        });
+            },
+        );
         assert_eq!(codes(&r.out), vec![220, 250, 250, 250, 354, 550, 250]);
         assert_eq!(r.commits, 0);
         assert!(r.body.is_empty(), "body discarded");
@@ -1344,15 +1360,23 @@ mod tests {
         let r = run(b"EHLO c\r\nBDAT 3\r\nabcMAIL FROM:<a@b.test>\r\nRCPT TO:<x@mx.test>\r\nBDAT 4\r\nab\r\nBDAT 3 LAST\r\ncd\nNOOP\r\n");
         assert_eq!(codes(&r.out), vec![220, 250, 503, 250, 250, 250, 250, 250]);
         assert_eq!(r.commits, 1);
-        assert!(r.body.ends_with(b"ab\r\ncd\r\n"), "{:?}", String::from_utf8_lossy(&r.body));
+        assert!(
+            r.body.ends_with(b"ab\r\ncd\r\n"),
+            "{:?}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
 
     #[test]
     fn connect_deny_loops_until_quit() {
-        let r = run_with(SessionConfig::defaults("mx.test"), b"EHLO c\r\nMAIL FROM:<>\r\nQUIT\r\n", |h| match h {
-            Hook::Connect => HookResult::with_msg(Outcome::Deny, "go away"),
-            _ => HookResult::CONT,
-        });
+        let r = run_with(
+            SessionConfig::defaults("mx.test"),
+            b"EHLO c\r\nMAIL FROM:<>\r\nQUIT\r\n",
+            |h| match h {
+                Hook::Connect => HookResult::with_msg(Outcome::Deny, "go away"),
+                _ => HookResult::CONT,
+            },
+        );
         assert_eq!(r.out, "554 5.7.1 go away\r\n554 5.7.1 go away\r\n554 5.7.1 go away\r\n221 2.0.0 mx.test closing connection. Have a jolly good day.\r\n");
         assert!(r.closed);
     }
@@ -1360,12 +1384,14 @@ mod tests {
     #[test]
     fn hook_disconnects() {
         for (outcome, code) in [(Outcome::DenyDisconnect, 550), (Outcome::DenySoftDisconnect, 450)] {
-            let r = run_with(SessionConfig::defaults("mx.test"), b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nNOOP\r\n", |h| {
-                match h {
+            let r = run_with(
+                SessionConfig::defaults("mx.test"),
+                b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nNOOP\r\n",
+                |h| match h {
                     Hook::Mail(..) => HookResult::new(outcome),
                     _ => HookResult::CONT,
-                }
-            });
+                },
+            );
             assert_eq!(codes(&r.out), vec![220, 250, code]);
             assert!(r.closed);
         }
@@ -1384,7 +1410,11 @@ mod tests {
     fn skipped_hooks_answer_cont() {
         let mut cfg = SessionConfig::defaults("mx.test");
         cfg.hooks = HookSet::default();
-        let r = run_with(cfg, b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@mx.test>\r\n", |_| unreachable!());
+        let r = run_with(
+            cfg,
+            b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@mx.test>\r\n",
+            |_| unreachable!(),
+        );
         assert_eq!(codes(&r.out), vec![220, 250, 250, 550]);
         assert!(r.hooks.is_empty());
     }
