@@ -20,6 +20,9 @@ pub enum Mode {
     Data,
     /// BDAT: counted chunks of raw octets, stuffed here.
     Bdat,
+    /// BDAT with `BODY=BINARYMIME` (RFC 3030 3): octets are kept as they are (no line-ending
+    /// changes, no folding); only a `.` right after CRLF is doubled, which is reversible.
+    Binary,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +73,9 @@ pub struct BodyReceiver {
     /// The previous line ended with a real CRLF (or this is the first line): only then can
     /// a `.` line end DATA. This is what refuses `<LF>.<CRLF>` and `<CR>.<CRLF>`.
     prev_crlf: bool,
+    /// Leading dots removed by the DATA unstuffing rule in the current call; RFC 1870 counts
+    /// the message without them.
+    stuffing: usize,
     headers: HeaderScan,
 }
 
@@ -85,6 +91,7 @@ impl BodyReceiver {
             bare_eol: false,
             folded: false,
             prev_crlf: true,
+            stuffing: 0,
             headers: HeaderScan::default(),
         }
     }
@@ -130,14 +137,17 @@ impl BodyReceiver {
             }
             let c = input[i];
             i += 1;
-            if self.step(c, out) {
+            if self.mode == Mode::Binary {
+                self.step_binary(c, out);
+            } else if self.step(c, out) {
                 done = true;
                 break;
             }
         }
         let consumed = i;
         let raw = if done { consumed.saturating_sub(3) } else { consumed };
-        self.count(raw);
+        let stuffing = std::mem::take(&mut self.stuffing);
+        self.count(raw.saturating_sub(stuffing));
         self.headers.scan(&out[start..]);
         if self.too_big {
             out.truncate(start);
@@ -149,6 +159,7 @@ impl BodyReceiver {
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         let start = out.len();
         match self.st {
+            _ if self.mode == Mode::Binary => {}
             St::LineStart => {}
             St::Cr => {
                 self.bare_eol = true;
@@ -165,6 +176,16 @@ impl BodyReceiver {
 
     /// Copy a run of ordinary bytes inside a line. Returns how many input bytes it used.
     fn run(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        if self.mode == Mode::Binary {
+            let end = memchr::memchr(b'\r', input).unwrap_or(input.len());
+            out.extend_from_slice(&input[..end]);
+            if end < input.len() {
+                self.st = St::Cr;
+                out.push(b'\r');
+                return end + 1;
+            }
+            return end;
+        }
         let end = memchr2(b'\r', b'\n', input).unwrap_or(input.len());
         let mut seg = &input[..end];
         let fold = self.limits.max_line.saturating_sub(2);
@@ -195,6 +216,28 @@ impl BodyReceiver {
         self.line_len = 0;
     }
 
+    /// One byte of BINARYMIME content: copied as is, with a `.` after CRLF doubled.
+    fn step_binary(&mut self, c: u8, out: &mut Vec<u8>) {
+        self.st = match (self.st, c) {
+            (St::LineStart, b'.') => {
+                out.extend_from_slice(b"..");
+                St::Mid
+            }
+            (St::Cr, b'\n') => {
+                out.push(c);
+                St::LineStart
+            }
+            (St::Cr, b'\r') | (St::LineStart | St::Mid, b'\r') => {
+                out.push(c);
+                St::Cr
+            }
+            (_, c) => {
+                out.push(c);
+                St::Mid
+            }
+        };
+    }
+
     /// One byte through the state machine. Returns true at end of data.
     fn step(&mut self, c: u8, out: &mut Vec<u8>) -> bool {
         match (self.st, c) {
@@ -221,6 +264,8 @@ impl BodyReceiver {
                 self.eol(out, true);
             }
             (St::Dot, _) => {
+                // RFC 5321 4.5.2: the receiver removes this leading dot.
+                self.stuffing += 1;
                 out.push(b'.');
                 self.line_len = 1;
                 self.st = St::Mid;
@@ -417,6 +462,42 @@ mod tests {
         r.feed(b"b\r\nlast", &mut out);
         r.finish(&mut out);
         assert_eq!(out, b"a\r\n..\r\n..b\r\nlast\r\n");
+    }
+
+    #[test]
+    fn binary_is_kept_byte_for_byte() {
+        let mut r = BodyReceiver::new(
+            Mode::Binary,
+            BodyLimits {
+                max_bytes: 0,
+                max_line: 10,
+            },
+        );
+        let mut out = Vec::new();
+        let input = b"a\nb\rc\0\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\r\n.x\r";
+        r.feed(&input[..9], &mut out);
+        r.feed(&input[9..], &mut out);
+        r.finish(&mut out);
+        assert_eq!(
+            out,
+            b"a\nb\rc\0\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\r\n..x\r"
+        );
+        assert!(!r.bare_eol() && !r.folded());
+    }
+
+    #[test]
+    fn size_excludes_stuffing_dots() {
+        let mut r = BodyReceiver::new(
+            Mode::Data,
+            BodyLimits {
+                max_bytes: 6,
+                max_line: 0,
+            },
+        );
+        let mut out = Vec::new();
+        r.feed(b"..abc\r\n.\r\n", &mut out);
+        assert_eq!(r.bytes(), 6, "'.abc' CRLF is 6 octets");
+        assert!(!r.too_big());
     }
 
     #[test]

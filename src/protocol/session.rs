@@ -423,6 +423,13 @@ impl Session {
     fn command_phase(&mut self) -> Option<Action> {
         let line = match self.take_line() {
             Ok(Some(line)) => line,
+            // A TLS ClientHello has no line ending to wait for.
+            Ok(None) if self.inbuf.starts_with(&[0x16, 0x03]) => {
+                self.inbuf.clear();
+                self.reply(command::LineError::TlsHello.reply());
+                self.close();
+                return None;
+            }
             Ok(None) => return Some(Action::NeedInput),
             Err(()) => {
                 self.inbuf.clear();
@@ -1094,7 +1101,8 @@ impl Session {
                 if let Some(t) = self.txn.as_mut() {
                     t.chunking = true;
                 }
-                self.begin_body(Mode::Bdat);
+                let binary = !body_is_text(self.txn.as_ref());
+                self.begin_body(if binary { Mode::Binary } else { Mode::Bdat });
                 self.phase = Phase::Bdat { remaining: size, last };
             }
         }
