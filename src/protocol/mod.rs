@@ -8,3 +8,5 @@ pub mod session;
 
 pub use reply::Reply;
 pub use session::{Action, BareEol, CommitError, Session, SessionConfig};
+pub mod client;
+pub mod dsn;

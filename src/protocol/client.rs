@@ -1,0 +1,1 @@
+//! Client side of SMTP/LMTP for outbound delivery (sans-IO). Being written.

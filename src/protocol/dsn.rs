@@ -1,0 +1,1 @@
+//! RFC 3464 delivery status notifications. Being written.

@@ -1,0 +1,1 @@
+//! Retry schedule (`outbound.ini temp_fail_intervals`). Being written.

@@ -1,0 +1,1 @@
+//! The timer wheel that holds every waiting queue item. Being written.
