@@ -26,7 +26,6 @@ pub struct Metrics {
     pub connection: ActorCounters,
     pub transaction: ActorCounters,
     pub messages_queued: AtomicU64,
-    pub messages_rejected: AtomicU64,
     pub commit_errors: AtomicU64,
 }
 

@@ -1067,7 +1067,7 @@ fn early_talker_server() -> TestServer {
         std::fs::write(dir.join("plugins"), "early_talker\nrcpt_to.in_host_list\n").unwrap();
         std::fs::write(
             dir.join("early_talker.ini"),
-            "[main]\npause=300\n[skip]\nprivate=false\n",
+            "[main]\npause=0.3\n[skip]\nprivate=false\n",
         )
         .unwrap();
     })

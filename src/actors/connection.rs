@@ -161,7 +161,8 @@ impl Driver {
             mail_params: txn.mail_params.clone(),
             rcpt_to: txn.rcpt_to.clone(),
             notes: txn.notes.clone(),
-            queue_time: txn.start_ms,
+            // Haraka's queue_time is when the queue file is built.
+            queue_time: crate::hooks::state::now_ms(),
         };
         let addr = self.transaction();
         self.txn = None;

@@ -135,6 +135,17 @@ impl IniFile {
         }
     }
 
+    /// A non-negative number (fractions allowed) with a default.
+    pub fn f64(&self, section: &str, key: &str, default: f64) -> Result<f64, ConfigError> {
+        match self.get(section, key) {
+            None | Some("") => Ok(default),
+            Some(v) => match v.parse::<f64>() {
+                Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+                _ => Err(self.err(section, key, format!("'{v}' is not a non-negative number"))),
+            },
+        }
+    }
+
     /// A boolean with a default, with Haraka's spellings.
     pub fn bool(&self, section: &str, key: &str, default: bool) -> Result<bool, ConfigError> {
         match self.get(section, key).map(|v| v.to_ascii_lowercase()) {
@@ -142,6 +153,8 @@ impl IniFile {
             Some(v) => match v.as_str() {
                 "true" | "yes" | "ok" | "enabled" | "on" | "1" => Ok(true),
                 "false" | "no" | "disabled" | "off" | "0" | "" => Ok(false),
+                // Haraka files use numbers as switches too (`check_literal_mismatch=2`).
+                n if n.parse::<u32>().is_ok() => Ok(true),
                 _ => Err(self.err(section, key, format!("'{v}' is not a boolean (true/false)"))),
             },
         }

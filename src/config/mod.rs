@@ -4,12 +4,14 @@
 //! stops start-up with a [`ConfigError`] naming the file, the key and the problem.
 
 pub mod ini;
+pub mod outbound;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use ini::IniFile;
+pub use outbound::OutboundConfig;
 
 use crate::hooks::HookSet;
 use crate::protocol::session::{BareEol, SessionConfig};
@@ -65,6 +67,8 @@ pub struct Config {
     pub spool_after: usize,
     /// `connection.ini [main] no_fsync`: benchmarks only; logs a warning.
     pub no_fsync: bool,
+    /// `outbound.ini`.
+    pub outbound: OutboundConfig,
 }
 
 impl Config {
@@ -107,6 +111,7 @@ impl Config {
             spool_after as usize
         };
         let no_fsync = conn_ini.bool("main", "no_fsync", false)?;
+        let outbound = OutboundConfig::load(&IniFile::load(dir, "outbound.ini")?)?;
         Ok(Config {
             dir: dir.to_path_buf(),
             me,
@@ -118,6 +123,7 @@ impl Config {
             session,
             spool_after,
             no_fsync,
+            outbound,
         })
     }
 

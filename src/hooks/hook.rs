@@ -30,11 +30,18 @@ pub enum HookName {
     ResetTransaction,
     Quit,
     Disconnect,
+    // Outbound hooks (Outbound.md), run by the delivery side with an `HMail`.
+    PreSendTransEmail,
+    SendEmail,
+    GetMx,
+    Deferred,
+    Bounce,
+    Delivered,
 }
 
 impl HookName {
-    /// All hooks, in session order.
-    pub const ALL: [HookName; 22] = [
+    /// All hooks, inbound in session order, then outbound.
+    pub const ALL: [HookName; 28] = [
         HookName::ConnectInit,
         HookName::LookupRdns,
         HookName::Connect,
@@ -57,6 +64,12 @@ impl HookName {
         HookName::ResetTransaction,
         HookName::Quit,
         HookName::Disconnect,
+        HookName::PreSendTransEmail,
+        HookName::SendEmail,
+        HookName::GetMx,
+        HookName::Deferred,
+        HookName::Bounce,
+        HookName::Delivered,
     ];
 
     /// Haraka's name for this hook.
@@ -84,6 +97,12 @@ impl HookName {
             HookName::ResetTransaction => "reset_transaction",
             HookName::Quit => "quit",
             HookName::Disconnect => "disconnect",
+            HookName::PreSendTransEmail => "pre_send_trans_email",
+            HookName::SendEmail => "send_email",
+            HookName::GetMx => "get_mx",
+            HookName::Deferred => "deferred",
+            HookName::Bounce => "bounce",
+            HookName::Delivered => "delivered",
         }
     }
 
@@ -92,10 +111,13 @@ impl HookName {
         1 << (self as u32)
     }
 
-    /// Hooks whose every plugin runs and whose result is ignored (Haraka: connect_init,
-    /// disconnect, and the informational reset_transaction/queue_ok/capabilities).
+    /// Hooks whose every plugin runs and whose result is ignored (Haraka: connect_init and
+    /// disconnect; posta adds the informational outbound delivered and pre_send_trans_email).
     pub fn runs_all(self) -> bool {
-        matches!(self, HookName::ConnectInit | HookName::Disconnect)
+        matches!(
+            self,
+            HookName::ConnectInit | HookName::Disconnect | HookName::Delivered | HookName::PreSendTransEmail
+        )
     }
 }
 

@@ -20,7 +20,8 @@ pub enum Outcome {
     Disconnect,
     /// 906: accept; skip the rest of the chain.
     Ok,
-    /// 907: run the hook named in the message (unrecognized_command only).
+    /// 907: Haraka runs the hook named in the message (unrecognized_command only); posta
+    /// does not implement that yet and treats it as CONT.
     NextHook,
     /// 908: delay (outbound `send_email` only).
     Delay,

@@ -9,6 +9,7 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::FutureExt;
 
 use super::hook::{Hook, HookName, HookSet};
+use super::outbound::{HMail, OutboundHook};
 use super::outcome::{HookResult, Outcome};
 use super::state::{Connection, Transaction};
 use crate::config::{Config, ConfigError};
@@ -41,7 +42,12 @@ pub trait Plugin: Send + Sync {
     fn hooks(&self) -> &[HookName];
     /// Run one hook.
     fn call<'a>(&'a self, hook: &'a Hook, cx: &'a mut HookContext<'_>) -> HookReturn<'a>;
-    /// `config/<name>.timeout`, when the plugin has its own.
+    /// Run one outbound hook (listed in `hooks()` like the inbound ones).
+    fn call_outbound<'a>(&'a self, hook: &'a OutboundHook, item: &'a mut HMail<'_>) -> HookReturn<'a> {
+        let _ = (hook, item);
+        HookResult::CONT.into()
+    }
+    /// The plugin's own default timeout; `config/<name>.timeout` overrides it.
     fn timeout(&self) -> Option<Duration> {
         None
     }
@@ -81,7 +87,15 @@ impl PluginRegistry {
     /// Build the chain for `config/plugins`. An unknown name stops start-up.
     pub fn build(&self, cfg: &Config) -> Result<PluginChain, ConfigError> {
         let mut plugins = Vec::new();
+        let mut timeouts = HashMap::new();
         for name in &cfg.plugins {
+            let file = format!("{name}.timeout");
+            if let Some(v) = cfg.value(&file)? {
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| ConfigError::new(&file, None, format!("'{v}' is not a number of seconds")))?;
+                timeouts.insert(name.clone(), Duration::from_secs(secs));
+            }
             let f = self.factories.get(name).ok_or_else(|| {
                 ConfigError::new(
                     "plugins",
@@ -94,7 +108,9 @@ impl PluginRegistry {
             })?;
             plugins.push(f(cfg)?);
         }
-        Ok(PluginChain::new(plugins, cfg.plugin_timeout))
+        let mut chain = PluginChain::new(plugins, cfg.plugin_timeout);
+        chain.timeouts = timeouts;
+        Ok(chain)
     }
 }
 
@@ -110,6 +126,8 @@ pub struct PluginPanic {
 pub struct PluginChain {
     by_hook: Vec<Vec<Arc<dyn Plugin>>>,
     timeout: Duration,
+    /// `config/<plugin>.timeout` overrides.
+    timeouts: HashMap<String, Duration>,
     set: HookSet,
 }
 
@@ -123,7 +141,12 @@ impl PluginChain {
                 set.insert(*h);
             }
         }
-        PluginChain { by_hook, timeout, set }
+        PluginChain {
+            by_hook,
+            timeout,
+            timeouts: HashMap::new(),
+            set,
+        }
     }
 
     /// The hooks that have at least one plugin.
@@ -147,6 +170,48 @@ impl PluginChain {
         Ok(HookResult::CONT)
     }
 
+    /// Run the chain for an outbound hook (same rules as [`PluginChain::run`]).
+    pub async fn run_outbound(&self, hook: &OutboundHook, item: &mut HMail<'_>) -> Result<HookResult, PluginPanic> {
+        let name = hook.name();
+        for plugin in &self.by_hook[name as usize] {
+            let p = plugin.as_ref();
+            let panic = || PluginPanic {
+                plugin: p.name().to_string(),
+                hook: name.as_str(),
+            };
+            let mut slot = Some(&mut *item);
+            let ret = std::panic::catch_unwind(AssertUnwindSafe(|| slot.take().map(|i| p.call_outbound(hook, i))))
+                .ok()
+                .flatten()
+                .ok_or_else(panic)?;
+            let r = self.settle(p, ret).await.map_err(|_| panic())?;
+            if !name.runs_all() && r.outcome != Outcome::Cont {
+                return Ok(r);
+            }
+        }
+        Ok(HookResult::CONT)
+    }
+
+    /// Wait for a plugin's answer with its timeout; `Err` when it panicked.
+    async fn settle(&self, p: &dyn Plugin, ret: HookReturn<'_>) -> Result<HookResult, ()> {
+        let fut = match ret {
+            HookReturn::Done(r) => return Ok(r),
+            HookReturn::Later(f) => AssertUnwindSafe(f).catch_unwind(),
+        };
+        let limit = self.timeouts.get(p.name()).copied().or(p.timeout()).unwrap_or(self.timeout);
+        let done = if limit.is_zero() {
+            Ok(fut.await)
+        } else {
+            tokio::time::timeout(limit, fut).await
+        };
+        match done {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(()),
+            // Haraka: a plugin past its timeout counts as DENYSOFT.
+            Err(_) => Ok(HookResult::with_msg(Outcome::DenySoft, "plugin timeout")),
+        }
+    }
+
     async fn call_one(&self, p: &dyn Plugin, hook: &Hook, cx: &mut HookContext<'_>) -> Result<HookResult, PluginPanic> {
         let panic = || PluginPanic {
             plugin: p.name().to_string(),
@@ -157,22 +222,7 @@ impl PluginChain {
             .ok()
             .flatten()
             .ok_or_else(panic)?;
-        let fut = match ret {
-            HookReturn::Done(r) => return Ok(r),
-            HookReturn::Later(f) => AssertUnwindSafe(f).catch_unwind(),
-        };
-        let limit = p.timeout().unwrap_or(self.timeout);
-        let done = if limit.is_zero() {
-            Ok(fut.await)
-        } else {
-            tokio::time::timeout(limit, fut).await
-        };
-        match done {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Err(panic()),
-            // Haraka: a plugin past its timeout counts as DENYSOFT.
-            Err(_) => Ok(HookResult::with_msg(Outcome::DenySoft, "plugin timeout")),
-        }
+        self.settle(p, ret).await.map_err(|_| panic())
     }
 }
 

@@ -135,7 +135,7 @@ pub struct Transaction {
     pub data_bytes: u64,
     /// BDAT chunks were used for this message.
     pub chunking: bool,
-    /// When MAIL was accepted (ms since the epoch), Haraka's `queue_time`.
+    /// When MAIL was accepted (ms since the epoch).
     pub start_ms: u64,
 }
 

@@ -1,6 +1,7 @@
 //! `early_talker`: delay the banner and refuse clients that talk before it is their turn.
 //!
-//! Config `early_talker.ini`: `[main] pause` (milliseconds before the banner, default 1000),
+//! Config `early_talker.ini`: `[main] pause` (seconds before the banner, as in Haraka;
+//! fractions allowed; default 1),
 //! `reject` (default true: refuse at DATA with `DENYDISCONNECT You talk too soon`),
 //! `[skip] private` (default true: no pause and no reject for private/loopback clients,
 //! as Haraka skips them).
@@ -21,7 +22,7 @@ impl EarlyTalker {
     pub fn build(cfg: &Config) -> Result<Arc<dyn Plugin>, ConfigError> {
         let ini = cfg.ini("early_talker.ini")?;
         Ok(Arc::new(EarlyTalker {
-            pause: Duration::from_millis(ini.u64("main", "pause", 1000)?),
+            pause: Duration::from_secs_f64(ini.f64("main", "pause", 1.0)?.min(300.0)),
             reject: ini.bool("main", "reject", true)?,
             skip_private: ini.bool("skip", "private", true)?,
         }))

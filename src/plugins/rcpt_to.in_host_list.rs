@@ -1,8 +1,8 @@
 //! `rcpt_to.in_host_list`: accept recipients whose domain is in `config/host_list`.
 //!
 //! Anything else gets CONT, which the core turns into `550 5.7.1 I cannot deliver mail for
-//! <a>` unless the client is relaying. `<postmaster>` without a domain is always accepted
-//! (RFC 5321 4.5.1).
+//! <a>` unless the client is relaying. `<postmaster>` (which the session completes to
+//! `postmaster@<me>`) is always accepted (RFC 5321 4.5.1).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,12 +12,14 @@ use crate::hooks::{Hook, HookContext, HookName, HookResult, HookReturn, Outcome,
 
 pub struct InHostList {
     domains: HashSet<String>,
+    me: String,
 }
 
 impl InHostList {
     pub fn build(cfg: &Config) -> Result<Arc<dyn Plugin>, ConfigError> {
         Ok(Arc::new(InHostList {
             domains: cfg.host_list.iter().cloned().collect(),
+            me: cfg.me.to_ascii_lowercase(),
         }))
     }
 }
@@ -33,8 +35,9 @@ impl Plugin for InHostList {
         let Hook::Rcpt(r) = hook else {
             return HookResult::CONT.into();
         };
-        let domain = &r.mailbox.domain;
-        let local = domain.is_empty() || self.domains.contains(&domain.to_ascii_lowercase());
+        let domain = r.mailbox.host();
+        let postmaster = r.mailbox.local.eq_ignore_ascii_case("postmaster") && domain == self.me;
+        let local = postmaster || self.domains.contains(&domain);
         HookResult::new(if local { Outcome::Ok } else { Outcome::Cont }).into()
     }
 }

@@ -29,9 +29,8 @@ pub struct Reply {
 const MAX_TEXT: usize = 480;
 
 impl Reply {
-    /// A one-line reply. The enhanced code is derived from the reply class when not given
-    /// (`x.0.0`), because posta advertises ENHANCEDSTATUSCODES and RFC 2034 asks for one on
-    /// every 2xx/4xx/5xx reply except the greeting and HELO/EHLO.
+    /// A one-line reply with an optional enhanced code. posta advertises ENHANCEDSTATUSCODES,
+    /// so every 2xx/4xx/5xx reply except the greeting and HELO/EHLO carries one (RFC 2034).
     pub fn new(code: u16, enhanced: Option<Enhanced>, text: impl Into<String>) -> Self {
         Reply {
             code,

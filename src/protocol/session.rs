@@ -569,7 +569,11 @@ impl Session {
         }
         match command::parse_rcpt(args, self.parse_context()) {
             Err(r) => self.error(r),
-            Ok((mailbox, params)) => {
+            Ok((mut mailbox, params)) => {
+                // `<postmaster>` is this host's postmaster (RFC 5321 4.5.1).
+                if mailbox.domain.is_empty() {
+                    mailbox.domain = self.cfg.me.clone();
+                }
                 let r = Recipient { mailbox, params };
                 self.hook(Hook::Rcpt(r.clone()), Then::Rcpt(r));
             }
@@ -709,9 +713,10 @@ impl Session {
             return;
         };
         if body.too_big() {
-            // RFC 3030 2: after a failed chunk the transaction is over.
-            self.end_message(Reply::ext(552, (5, 3, 4), "Message too big!"));
-            return;
+            // RFC 3030 2: answer the failed chunk now; the transaction is over.
+            self.body = None;
+            self.phase = Phase::EndOfData;
+            return self.hook(Hook::MaxDataExceeded, Then::MaxDataExceeded);
         }
         if last {
             self.phase = Phase::EndOfData;
@@ -1078,7 +1083,9 @@ impl Session {
                 );
                 self.reset_txn();
                 if close {
-                    self.reply(reply);
+                    if r.outcome != Outcome::Disconnect {
+                        self.reply(reply);
+                    }
                     self.close();
                 } else {
                     self.phase = Phase::BdatSkip { remaining: size, reply };
@@ -1109,6 +1116,10 @@ impl Session {
     }
 
     fn after_max_data(&mut self, r: HookResult) {
+        if r.outcome == Outcome::Disconnect {
+            self.reset_txn();
+            return self.close();
+        }
         let reply = match r.outcome {
             Outcome::DenySoft | Outcome::DenySoftDisconnect => Reply::ext(450, (4, 3, 4), "Message too big!"),
             _ => Reply::ext(552, (5, 3, 4), "Message too big!"),

@@ -1,0 +1,96 @@
+//! `outbound.ini` (Haraka's keys, plus posta's documented extensions).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{parse_listen, ConfigError, IniFile};
+
+/// Address family preference when an MX host has both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InetPrefer {
+    /// IPv6 first, as Haraka does.
+    Default,
+    V4,
+    V6,
+}
+
+/// Delivery settings.
+#[derive(Debug, Clone)]
+pub struct OutboundConfig {
+    /// `disabled`: queue but do not deliver.
+    pub disabled: bool,
+    /// `concurrency_max`: deliveries in flight at once.
+    pub concurrency_max: usize,
+    /// `enable_tls`: opportunistic STARTTLS.
+    pub enable_tls: bool,
+    /// `maxTempFailures`.
+    pub max_temp_failures: u32,
+    /// `temp_fail_intervals`, unparsed (see `queue::schedule`).
+    pub temp_fail_intervals: Option<String>,
+    /// `always_split`: one queue file per recipient.
+    pub always_split: bool,
+    /// `received_header`: text of the outbound Received header, or `disabled`.
+    pub received_header: String,
+    /// `connect_timeout` in seconds.
+    pub connect_timeout: Duration,
+    /// `local_mx_ok`: allow delivery to our own or private addresses.
+    pub local_mx_ok: bool,
+    /// `inet_prefer`.
+    pub inet_prefer: InetPrefer,
+    /// posta: `nameservers = host:port, …` instead of /etc/resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    /// posta: messages sent over one connection before it is closed.
+    pub max_deliveries_per_connection: u32,
+    /// posta: concurrent connections to one MX.
+    pub max_connections_per_mx: usize,
+    /// posta: seconds an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// posta: seconds to wait for each reply from the remote MTA.
+    pub reply_timeout: Duration,
+}
+
+impl OutboundConfig {
+    pub fn load(f: &IniFile) -> Result<OutboundConfig, ConfigError> {
+        let inet_prefer = match f.choice("main", "inet_prefer", &["default", "v4", "v6"], "default")?.as_str() {
+            "v4" => InetPrefer::V4,
+            "v6" => InetPrefer::V6,
+            _ => InetPrefer::Default,
+        };
+        let mut nameservers = Vec::new();
+        for part in f.string("main", "nameservers", "").split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let addr = parse_listen(part).map_err(|p| f.invalid("main", "nameservers", p))?;
+            // `ip` alone means port 53 for a nameserver, not 25.
+            let addr = if part.contains(':') && !part.starts_with('[') || part.contains("]:") {
+                addr
+            } else {
+                SocketAddr::new(addr.ip(), 53)
+            };
+            nameservers.push(addr);
+        }
+        let concurrency_max = f.u64("main", "concurrency_max", 100)?;
+        if concurrency_max == 0 {
+            return Err(f.invalid("main", "concurrency_max", "must be at least 1"));
+        }
+        let per_mx = f.u64("main", "max_connections_per_mx", 20)?;
+        if per_mx == 0 {
+            return Err(f.invalid("main", "max_connections_per_mx", "must be at least 1"));
+        }
+        Ok(OutboundConfig {
+            disabled: f.bool("main", "disabled", false)?,
+            concurrency_max: concurrency_max as usize,
+            enable_tls: f.bool("main", "enable_tls", true)?,
+            max_temp_failures: f.u64("main", "maxTempFailures", 13)?.min(100) as u32,
+            temp_fail_intervals: f.get("main", "temp_fail_intervals").filter(|s| !s.is_empty()).map(String::from),
+            always_split: f.bool("main", "always_split", false)?,
+            received_header: f.string("main", "received_header", "posta outbound"),
+            connect_timeout: Duration::from_secs(f.u64("main", "connect_timeout", 30)?.max(1)),
+            local_mx_ok: f.bool("main", "local_mx_ok", false)?,
+            inet_prefer,
+            nameservers,
+            max_deliveries_per_connection: f.u64("main", "max_deliveries_per_connection", 100)?.max(1) as u32,
+            max_connections_per_mx: per_mx as usize,
+            pool_idle_timeout: Duration::from_secs(f.u64("main", "pool_idle_timeout", 30)?),
+            reply_timeout: Duration::from_secs(f.u64("main", "reply_timeout", 300)?.max(1)),
+        })
+    }
+}
