@@ -5,7 +5,11 @@ mod common;
 use std::process::Command;
 
 fn posta(args: &[&str], dir: &std::path::Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_posta")).args(args).arg(dir).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_posta"))
+        .args(args)
+        .arg(dir)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
@@ -13,7 +17,11 @@ fn posta(args: &[&str], dir: &std::path::Path) -> (bool, String) {
 fn config_with(file: &str, content: &str) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     common::write_default_config(root.path());
-    std::fs::write(root.path().join("plugins"), "rcpt_to.in_host_list\nmax_unrecognized_commands\n").unwrap();
+    std::fs::write(
+        root.path().join("plugins"),
+        "rcpt_to.in_host_list\nmax_unrecognized_commands\n",
+    )
+    .unwrap();
     std::fs::write(root.path().join(file), content).unwrap();
     root
 }
@@ -30,13 +38,25 @@ fn the_repository_config_is_valid() {
 fn bad_values_are_named() {
     let cases = [
         ("smtp.ini", "[main]\nlisten=somewhere\n", "smtp.ini: [main] listen"),
-        ("smtp.ini", "[main]\nlisten=127.0.0.1:0\ninactivity_timeout=soon\n", "[main] inactivity_timeout"),
+        (
+            "smtp.ini",
+            "[main]\nlisten=127.0.0.1:0\ninactivity_timeout=soon\n",
+            "[main] inactivity_timeout",
+        ),
         ("connection.ini", "[max]\nbytes=-5\n", "connection.ini: [max] bytes"),
         ("connection.ini", "[main]\nsmtputf8=perhaps\n", "[main] smtputf8"),
         ("connection.ini", "[main]\nbare_eol=sometimes\n", "[main] bare_eol"),
         ("connection.ini", "[max]\nline_length=10\n", "[max] line_length"),
-        ("connection.ini", "[max\nbytes=5\n", "connection.ini: not a valid ini file"),
-        ("plugins", "rcpt_to.in_host_list\nno.such.plugin\n", "unknown plugin 'no.such.plugin'"),
+        (
+            "connection.ini",
+            "[max\nbytes=5\n",
+            "connection.ini: not a valid ini file",
+        ),
+        (
+            "plugins",
+            "rcpt_to.in_host_list\nno.such.plugin\n",
+            "unknown plugin 'no.such.plugin'",
+        ),
         ("plugin_timeout", "forever\n", "plugin_timeout"),
         ("max_unrecognized_commands", "many\n", "max_unrecognized_commands"),
     ];

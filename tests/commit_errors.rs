@@ -51,7 +51,11 @@ fn full_disk_answers_452_and_leaves_nothing() {
     assert_eq!(r.code, 452, "{r:?}");
     assert!(r.text().starts_with("4.3.1"), "{r:?}");
     assert!(queue_files(&queue).is_empty());
-    assert!(temp_files(&queue).is_empty(), "temp file left: {:?}", temp_files(&queue));
+    assert!(
+        temp_files(&queue).is_empty(),
+        "temp file left: {:?}",
+        temp_files(&queue)
+    );
     // The session and the disk are usable again.
     let r = c.send_mail("a@remote.example", &["u@example.test"], &body(2_000));
     assert_eq!(r.code, 250, "{r:?}");

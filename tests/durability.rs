@@ -29,7 +29,11 @@ fn ids_in_queue(queue: &std::path::Path) -> HashSet<String> {
 }
 
 fn message(id: &str) -> Vec<u8> {
-    format!("Message-ID: {id}\r\nSubject: crash test\r\n\r\n{}", "body line\r\n".repeat(50)).into_bytes()
+    format!(
+        "Message-ID: {id}\r\nSubject: crash test\r\n\r\n{}",
+        "body line\r\n".repeat(50)
+    )
+    .into_bytes()
 }
 
 /// Wait (bounded) until `f` holds; the test's sync point with the daemon's progress.
@@ -51,7 +55,11 @@ fn kill_during_data_keeps_only_acknowledged_messages() {
     let mut c = Client::connect(d.addr);
     c.expect("EHLO crash.example", 250);
     for i in 0..3 {
-        let r = c.send_mail("a@remote.example", &["u@example.test"], &message(&format!("<ack{i}@t>")));
+        let r = c.send_mail(
+            "a@remote.example",
+            &["u@example.test"],
+            &message(&format!("<ack{i}@t>")),
+        );
         assert_eq!(r.code, 250);
     }
     c.expect("MAIL FROM:<a@remote.example>", 250);
@@ -128,7 +136,9 @@ fn send_until_error(
     let Ok(stream) = std::net::TcpStream::connect(addr) else {
         return sent;
     };
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
     let mut r = std::io::BufReader::new(stream);
     if read_reply(&mut r).is_none() {
         return sent;

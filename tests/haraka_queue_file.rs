@@ -7,7 +7,9 @@ use posta::queue::{decode, encode_header, QueueName};
 const NAME: &str = "1747300000123_1747300000123_0_4242_Xy7Qz1_3_haraka.example";
 
 fn fixture() -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/haraka-queue").join(NAME);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/haraka-queue")
+        .join(NAME);
     std::fs::read(path).unwrap()
 }
 
@@ -39,8 +41,14 @@ fn writes_the_same_header_bytes() {
 #[test]
 fn parses_haraka_file_names() {
     let n = QueueName::parse(NAME).unwrap();
-    assert_eq!((n.arrival, n.next_attempt, n.attempts, n.pid), (1747300000123, 1747300000123, 0, 4242));
-    assert_eq!((n.uid.as_str(), n.counter, n.host.as_str()), ("Xy7Qz1", 3, "haraka.example"));
+    assert_eq!(
+        (n.arrival, n.next_attempt, n.attempts, n.pid),
+        (1747300000123, 1747300000123, 0, 4242)
+    );
+    assert_eq!(
+        (n.uid.as_str(), n.counter, n.host.as_str()),
+        ("Xy7Qz1", 3, "haraka.example")
+    );
     assert_eq!(n.to_string(), NAME);
 }
 

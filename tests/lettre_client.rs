@@ -7,7 +7,9 @@ use lettre::message::{header::ContentType, Mailbox, Message};
 use lettre::{SmtpTransport, Transport};
 
 fn transport(addr: std::net::SocketAddr) -> SmtpTransport {
-    SmtpTransport::builder_dangerous(addr.ip().to_string()).port(addr.port()).build()
+    SmtpTransport::builder_dangerous(addr.ip().to_string())
+        .port(addr.port())
+        .build()
 }
 
 #[test]
