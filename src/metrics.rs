@@ -25,6 +25,15 @@ impl ActorCounters {
 pub struct Metrics {
     pub connection: ActorCounters,
     pub transaction: ActorCounters,
+    pub queue_manager: ActorCounters,
+    pub queue_file: ActorCounters,
+    pub remote_mx: ActorCounters,
+    pub resolver: ActorCounters,
+    pub deliveries_ok: AtomicU64,
+    pub deliveries_deferred: AtomicU64,
+    pub deliveries_bounced: AtomicU64,
+    pub connections_opened: AtomicU64,
+    pub connections_reused: AtomicU64,
     pub messages_queued: AtomicU64,
     pub commit_errors: AtomicU64,
 }

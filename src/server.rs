@@ -8,7 +8,11 @@ use actix::prelude::*;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::actors::connection::Shared;
+use crate::actors::delivery_supervisor::{DeliverySupervisor, ReportTo};
 use crate::actors::listener::Listener;
+use crate::actors::queue_file::DeliveryCtx;
+use crate::actors::queue_manager::QueueManager;
+use crate::actors::resolver::Resolver;
 use crate::config::{Config, ConfigError};
 use crate::hooks::PluginRegistry;
 use crate::queue::Spool;
@@ -28,6 +32,7 @@ pub enum StartError {
 /// Everything checked and bound, ready to run.
 pub struct Prepared {
     shared: Arc<Shared>,
+    cfg: Config,
     /// For each worker, its sockets (one per listen address).
     sockets: Vec<Vec<std::net::TcpListener>>,
     pub local_addrs: Vec<SocketAddr>,
@@ -46,6 +51,7 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
         spool: Arc::new(spool),
         spool_after: cfg.spool_after,
         inactivity: cfg.smtp.inactivity_timeout,
+        queue: std::sync::OnceLock::new(),
     });
     let nodes = cfg.smtp.nodes.max(1);
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..nodes).map(|_| Vec::new()).collect();
@@ -64,6 +70,7 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
     }
     Ok(Prepared {
         shared,
+        cfg: cfg.clone(),
         sockets,
         local_addrs,
     })
@@ -83,9 +90,13 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 impl Prepared {
-    /// Start the workers inside the current actix System.
+    /// Start the delivery arbiter (queue manager, supervisor, resolver, remote MXs), then
+    /// the SMTP workers inside the current actix System.
     pub fn start_workers(self) -> Vec<Arbiter> {
-        let mut arbiters = Vec::new();
+        let delivery = Arbiter::new();
+        let queue = start_delivery(&delivery, &self.cfg, &self.shared);
+        let _ = self.shared.queue.set(queue);
+        let mut arbiters = vec![delivery];
         for worker in self.sockets {
             let arbiter = Arbiter::new();
             let shared = self.shared.clone();
@@ -98,6 +109,35 @@ impl Prepared {
         }
         arbiters
     }
+}
+
+/// Start the delivery side on its own arbiter; returns the QueueManager.
+fn start_delivery(arbiter: &Arbiter, cfg: &Config, shared: &Arc<Shared>) -> Addr<QueueManager> {
+    let cfg = cfg.clone();
+    let chain = shared.chain.clone();
+    let spool = shared.spool.clone();
+    QueueManager::start_in_arbiter(&arbiter.handle(), move |ctx| {
+        let ob = cfg.outbound.clone();
+        let resolver = Resolver::new(&ob.nameservers).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "no usable DNS configuration; using 127.0.0.1:53");
+            Resolver::new(&["127.0.0.1:53".parse().expect("literal address")]).expect("resolver with a fixed server")
+        });
+        let cx = std::rc::Rc::new(DeliveryCtx::new(
+            cfg.queue_dir.clone(),
+            cfg.me.clone(),
+            chain,
+            spool,
+            resolver.start(),
+            ob.schedule.clone(),
+            ob.clone(),
+            cfg.bounce_template.clone(),
+        ));
+        *cx.manager.borrow_mut() = Some(ctx.address());
+        let sup_cx = cx.clone();
+        let supervisor = actix::Supervisor::start(move |_| DeliverySupervisor::new(sup_cx));
+        supervisor.do_send(ReportTo(ctx.address()));
+        QueueManager::new(cfg.queue_dir.clone(), ob.concurrency_max, supervisor, ob.disabled)
+    })
 }
 
 /// A daemon running on its own thread (tests and embedding).

@@ -29,6 +29,8 @@ pub struct Shared {
     pub spool: Arc<Spool>,
     pub spool_after: usize,
     pub inactivity: Duration,
+    /// Where committed messages are handed over for delivery.
+    pub queue: std::sync::OnceLock<Addr<super::queue_manager::QueueManager>>,
 }
 
 pub struct ConnectionActor {
@@ -170,6 +172,10 @@ impl Driver {
             Ok(r) => r,
             Err(e) => Err(CommitError::Temporary(e.to_string())),
         };
+        if let (Ok(names), Some(q)) = (&r, self.shared.queue.get()) {
+            // Bounded mailbox: wait for room rather than queue without limit.
+            let _ = q.send(super::queue_manager::Enqueue(names.clone())).await;
+        }
         self.session.commit_done(r.map(|names| names.join(",")));
     }
 

@@ -1,5 +1,11 @@
 //! The actors: thin shells that own state and move messages between the plain types.
 
 pub mod connection;
+pub mod delivery_supervisor;
 pub mod listener;
+pub mod queue_file;
+pub mod queue_manager;
+pub mod remote_mx;
+pub mod resolver;
+pub mod tls;
 pub mod transaction;

@@ -95,6 +95,13 @@ impl IniFile {
             .unwrap_or_default()
     }
 
+    /// Every section name (lower-cased).
+    pub fn sections(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.sections.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// Every key of a section.
     pub fn keys(&self, section: &str) -> Vec<String> {
         let mut v: Vec<String> = self

@@ -69,6 +69,8 @@ pub struct Config {
     pub no_fsync: bool,
     /// `outbound.ini`.
     pub outbound: OutboundConfig,
+    /// `outbound.bounce_message`: the human part of DSNs (built-in default when absent).
+    pub bounce_template: Option<crate::protocol::dsn::BounceTemplate>,
 }
 
 impl Config {
@@ -112,6 +114,13 @@ impl Config {
         };
         let no_fsync = conn_ini.bool("main", "no_fsync", false)?;
         let outbound = OutboundConfig::load(&IniFile::load(dir, "outbound.ini")?)?;
+        let bounce_template = match std::fs::read_to_string(dir.join("outbound.bounce_message")) {
+            Ok(t) => Some(
+                crate::protocol::dsn::BounceTemplate::parse(&t)
+                    .map_err(|e| ConfigError::new("outbound.bounce_message", None, e))?,
+            ),
+            Err(_) => None,
+        };
         Ok(Config {
             dir: dir.to_path_buf(),
             me,
@@ -124,6 +133,7 @@ impl Config {
             spool_after,
             no_fsync,
             outbound,
+            bounce_template,
         })
     }
 

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{parse_listen, ConfigError, IniFile};
+use crate::queue::schedule::RetrySchedule;
 
 /// Address family preference when an MX host has both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,8 +26,8 @@ pub struct OutboundConfig {
     pub enable_tls: bool,
     /// `maxTempFailures`.
     pub max_temp_failures: u32,
-    /// `temp_fail_intervals`, unparsed (see `queue::schedule`).
-    pub temp_fail_intervals: Option<String>,
+    /// `temp_fail_intervals` / `maxTempFailures` as a schedule.
+    pub schedule: RetrySchedule,
     /// `always_split`: one queue file per recipient.
     pub always_split: bool,
     /// `received_header`: text of the outbound Received header, or `disabled`.
@@ -47,17 +48,28 @@ pub struct OutboundConfig {
     pub pool_idle_timeout: Duration,
     /// posta: seconds to wait for each reply from the remote MTA.
     pub reply_timeout: Duration,
+    /// posta: the port of MX hosts found in DNS (25; tests and port-redirecting setups
+    /// change it).
+    pub mx_port: u16,
 }
 
 impl OutboundConfig {
     pub fn load(f: &IniFile) -> Result<OutboundConfig, ConfigError> {
-        let inet_prefer = match f.choice("main", "inet_prefer", &["default", "v4", "v6"], "default")?.as_str() {
+        let inet_prefer = match f
+            .choice("main", "inet_prefer", &["default", "v4", "v6"], "default")?
+            .as_str()
+        {
             "v4" => InetPrefer::V4,
             "v6" => InetPrefer::V6,
             _ => InetPrefer::Default,
         };
         let mut nameservers = Vec::new();
-        for part in f.string("main", "nameservers", "").split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        for part in f
+            .string("main", "nameservers", "")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             let addr = parse_listen(part).map_err(|p| f.invalid("main", "nameservers", p))?;
             // `ip` alone means port 53 for a nameserver, not 25.
             let addr = if part.contains(':') && !part.starts_with('[') || part.contains("]:") {
@@ -71,6 +83,10 @@ impl OutboundConfig {
         if concurrency_max == 0 {
             return Err(f.invalid("main", "concurrency_max", "must be at least 1"));
         }
+        let max_temp_failures = f.u64("main", "maxTempFailures", 13)?.min(100) as u32;
+        let intervals = f.get("main", "temp_fail_intervals").filter(|s| !s.is_empty());
+        let schedule = RetrySchedule::parse(intervals, max_temp_failures)
+            .map_err(|e| f.invalid("main", "temp_fail_intervals", e))?;
         let per_mx = f.u64("main", "max_connections_per_mx", 20)?;
         if per_mx == 0 {
             return Err(f.invalid("main", "max_connections_per_mx", "must be at least 1"));
@@ -79,8 +95,8 @@ impl OutboundConfig {
             disabled: f.bool("main", "disabled", false)?,
             concurrency_max: concurrency_max as usize,
             enable_tls: f.bool("main", "enable_tls", true)?,
-            max_temp_failures: f.u64("main", "maxTempFailures", 13)?.min(100) as u32,
-            temp_fail_intervals: f.get("main", "temp_fail_intervals").filter(|s| !s.is_empty()).map(String::from),
+            max_temp_failures,
+            schedule,
             always_split: f.bool("main", "always_split", false)?,
             received_header: f.string("main", "received_header", "posta outbound"),
             connect_timeout: Duration::from_secs(f.u64("main", "connect_timeout", 30)?.max(1)),
@@ -91,6 +107,10 @@ impl OutboundConfig {
             max_connections_per_mx: per_mx as usize,
             pool_idle_timeout: Duration::from_secs(f.u64("main", "pool_idle_timeout", 30)?),
             reply_timeout: Duration::from_secs(f.u64("main", "reply_timeout", 300)?.max(1)),
+            mx_port: match f.u64("main", "mx_port", 25)? {
+                p @ 1..=65535 => p as u16,
+                _ => return Err(f.invalid("main", "mx_port", "not a TCP port")),
+            },
         })
     }
 }

@@ -198,7 +198,12 @@ impl PluginChain {
             HookReturn::Done(r) => return Ok(r),
             HookReturn::Later(f) => AssertUnwindSafe(f).catch_unwind(),
         };
-        let limit = self.timeouts.get(p.name()).copied().or(p.timeout()).unwrap_or(self.timeout);
+        let limit = self
+            .timeouts
+            .get(p.name())
+            .copied()
+            .or(p.timeout())
+            .unwrap_or(self.timeout);
         let done = if limit.is_zero() {
             Ok(fut.await)
         } else {

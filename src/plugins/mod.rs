@@ -1,5 +1,6 @@
 //! Built-in plugins, one file per Haraka plugin name.
 
+pub mod deliver;
 #[path = "early_talker.rs"]
 pub mod early_talker;
 #[path = "helo.checks.rs"]
@@ -9,6 +10,7 @@ pub mod max_unrecognized_commands;
 pub mod queue;
 #[path = "rcpt_to.in_host_list.rs"]
 pub mod rcpt_to_in_host_list;
+pub mod relay;
 
 use crate::hooks::PluginRegistry;
 
@@ -22,4 +24,8 @@ pub fn register_builtins(r: &mut PluginRegistry) {
         "max_unrecognized_commands",
         max_unrecognized_commands::MaxUnrecognized::build,
     );
+    r.register("relay", relay::Relay::build);
+    r.register("queue/smtp_forward", queue::smtp_forward::SmtpForward::build);
+    r.register("queue/lmtp", queue::lmtp::Lmtp::build);
+    r.register("deliver/maildir", deliver::maildir::Maildir::build);
 }

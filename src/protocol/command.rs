@@ -468,6 +468,30 @@ pub fn is_xtext(s: &str) -> bool {
     true
 }
 
+/// Decode xtext (`+XX` escapes), for passing DSN values on.
+pub fn xtext_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'+', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// BDAT arguments: `size [LAST]` (RFC 3030 2). `None` when they do not parse, in which case the
 /// chunk cannot be skipped and the session must treat the line as a syntax error.
 pub fn parse_bdat(args: &str) -> Option<(u64, bool)> {

@@ -1,6 +1,9 @@
 //! The queue as plain types: the Haraka queue file codec and the durable commit.
 
 pub mod file;
+pub mod item;
+pub mod maildir;
+pub mod route;
 pub mod schedule;
 pub mod spool;
 pub mod timer_wheel;

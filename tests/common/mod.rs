@@ -61,7 +61,7 @@ pub fn temp_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Write the default test config into `dir`: listen 127.0.0.1:0, one worker, local domain
-/// `example.test`, plugins `rcpt_to.in_host_list`.
+/// `example.test`, plugins `rcpt_to.in_host_list`, delivery disabled (`outbound.ini`).
 pub fn write_default_config(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(
@@ -72,6 +72,8 @@ pub fn write_default_config(dir: &Path) {
     std::fs::write(dir.join("host_list"), "example.test\n").unwrap();
     std::fs::write(dir.join("plugins"), "rcpt_to.in_host_list\n").unwrap();
     std::fs::write(dir.join("me"), "mx.example.test\n").unwrap();
+    // Inbound tests look at the queue: keep what is accepted there (no delivery).
+    std::fs::write(dir.join("outbound.ini"), "[main]\ndisabled=true\n").unwrap();
 }
 
 /// Start with the default config, after `setup` may change files in the config dir.

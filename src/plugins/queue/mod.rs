@@ -1,3 +1,5 @@
 //! `queue/*` plugins.
 
 pub mod discard;
+pub mod lmtp;
+pub mod smtp_forward;

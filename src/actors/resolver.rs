@@ -1,0 +1,152 @@
+//! The Resolver actor: MX and address lookups through hickory-resolver.
+//!
+//! Nameservers come from `/etc/resolv.conf`, or from `outbound.ini nameservers` (tests and
+//! closed networks point it at their own DNS server).
+
+use std::net::{IpAddr, SocketAddr};
+
+use actix::prelude::*;
+use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::{ResolveError, TokioResolver};
+
+use crate::config::outbound::InetPrefer;
+use crate::metrics::{inc, metrics};
+
+/// Why a lookup did not give an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsFailure {
+    /// The domain does not exist: permanent.
+    #[error("No Such Domain")]
+    NxDomain,
+    /// Timeouts, SERVFAIL, network errors: temporary.
+    #[error("DNS lookup failure: {0}")]
+    Temporary(String),
+}
+
+/// What the MX lookup of a domain says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxAnswer {
+    /// MX records (preference, host).
+    Records(Vec<(u16, String)>),
+    /// No MX records: use the domain's own addresses (RFC 5321 5.1 implicit MX).
+    Implicit,
+}
+
+/// Look up the MX records of a domain.
+#[derive(Message)]
+#[rtype(result = "Result<MxAnswer, DnsFailure>")]
+pub struct ResolveMx(pub String);
+
+/// Look up a host's addresses, ordered by preference.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<IpAddr>, DnsFailure>")]
+pub struct ResolveHost(pub String, pub InetPrefer);
+
+pub struct Resolver {
+    inner: TokioResolver,
+}
+
+impl Resolver {
+    /// A resolver on the given nameservers, or the system's when the list is empty.
+    pub fn new(nameservers: &[SocketAddr]) -> Result<Resolver, String> {
+        let mut opts = ResolverOpts::default();
+        opts.cache_size = 1024;
+        opts.attempts = 2;
+        let inner = if nameservers.is_empty() {
+            let mut b = TokioResolver::builder_tokio().map_err(|e| format!("reading /etc/resolv.conf: {e}"))?;
+            b.options_mut().cache_size = 1024;
+            b.build()
+        } else {
+            let mut group = NameServerConfigGroup::new();
+            for ns in nameservers {
+                group.merge(NameServerConfigGroup::from_ips_clear(&[ns.ip()], ns.port(), true));
+            }
+            let cfg = ResolverConfig::from_parts(None, vec![], group);
+            let mut b = TokioResolver::builder_with_config(cfg, TokioConnectionProvider::default());
+            *b.options_mut() = opts;
+            b.build()
+        };
+        Ok(Resolver { inner })
+    }
+}
+
+impl Actor for Resolver {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        inc(&metrics().resolver.started);
+    }
+}
+
+fn failure(e: &ResolveError) -> DnsFailure {
+    if e.is_nx_domain() {
+        DnsFailure::NxDomain
+    } else {
+        DnsFailure::Temporary(e.to_string())
+    }
+}
+
+impl Handler<ResolveMx> for Resolver {
+    type Result = ResponseFuture<Result<MxAnswer, DnsFailure>>;
+
+    fn handle(&mut self, msg: ResolveMx, _: &mut Self::Context) -> Self::Result {
+        let r = self.inner.clone();
+        Box::pin(async move {
+            match r.mx_lookup(fqdn(&msg.0)).await {
+                Ok(l) => {
+                    let v: Vec<(u16, String)> = l.iter().map(|mx| (mx.preference(), mx.exchange().to_utf8())).collect();
+                    Ok(if v.is_empty() {
+                        MxAnswer::Implicit
+                    } else {
+                        MxAnswer::Records(v)
+                    })
+                }
+                Err(e) if e.is_no_records_found() && !e.is_nx_domain() => Ok(MxAnswer::Implicit),
+                Err(e) => Err(failure(&e)),
+            }
+        })
+    }
+}
+
+impl Handler<ResolveHost> for Resolver {
+    type Result = ResponseFuture<Result<Vec<IpAddr>, DnsFailure>>;
+
+    fn handle(&mut self, msg: ResolveHost, _: &mut Self::Context) -> Self::Result {
+        let r = self.inner.clone();
+        Box::pin(async move {
+            if let Ok(ip) = msg.0.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                return Ok(vec![ip]);
+            }
+            let name = fqdn(&msg.0);
+            let (v6, v4) = tokio::join!(r.ipv6_lookup(name.clone()), r.ipv4_lookup(name));
+            let mut six: Vec<IpAddr> = v6.iter().flat_map(|l| l.iter().map(|a| IpAddr::V6(a.0))).collect();
+            let mut four: Vec<IpAddr> = v4.iter().flat_map(|l| l.iter().map(|a| IpAddr::V4(a.0))).collect();
+            if six.is_empty() && four.is_empty() {
+                return Err(match (v6, v4) {
+                    (Err(e), _) | (_, Err(e)) if !e.is_no_records_found() || e.is_nx_domain() => failure(&e),
+                    _ => DnsFailure::NxDomain,
+                });
+            }
+            Ok(match msg.1 {
+                InetPrefer::V4 => {
+                    four.append(&mut six);
+                    four
+                }
+                _ => {
+                    six.append(&mut four);
+                    six
+                }
+            })
+        })
+    }
+}
+
+/// Query names are absolute, so no search domain is ever appended.
+fn fqdn(d: &str) -> String {
+    if d.ends_with('.') {
+        d.to_string()
+    } else {
+        format!("{d}.")
+    }
+}

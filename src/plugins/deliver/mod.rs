@@ -1,0 +1,3 @@
+//! `deliver/*` plugins (posta's local delivery routes).
+
+pub mod maildir;

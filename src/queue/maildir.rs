@@ -1,0 +1,118 @@
+//! Local delivery into Maildirs (`<root>/<domain>/<user>/{tmp,new,cur}`), the default route
+//! for `host_list` domains. Blocking; run on a blocking thread.
+//!
+//! Each message is written to `tmp/`, fsynced, renamed into `new/`, and `new/` is fsynced:
+//! a delivered message survives a crash just like a queued one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Why one recipient could not be delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MaildirError {
+    /// The mailbox name cannot be a directory name (`/`, `..`, control characters): 5.1.3.
+    #[error("invalid mailbox name")]
+    BadMailbox,
+    /// Disk errors: temporary.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The mailbox directory of `user@domain` under `root`, or an error for names that could
+/// escape it.
+pub fn mailbox_dir(root: &Path, user: &str, domain: &str) -> Result<PathBuf, MaildirError> {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('.')
+            && !s.contains("..")
+            && !s.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+    };
+    let user = user.trim_matches('"').to_lowercase();
+    let domain = domain.to_ascii_lowercase();
+    if !ok(&user) || !ok(&domain) {
+        return Err(MaildirError::BadMailbox);
+    }
+    Ok(root.join(domain).join(user))
+}
+
+/// Deliver one message (stored form) to one mailbox.
+pub fn deliver(dir: &Path, return_path: &str, rcpt: &str, stored: &[u8]) -> Result<PathBuf, MaildirError> {
+    write_message(dir, return_path, rcpt, stored).map_err(|e| MaildirError::Io(e.to_string()))
+}
+
+fn write_message(dir: &Path, return_path: &str, rcpt: &str, stored: &[u8]) -> io::Result<PathBuf> {
+    for sub in ["tmp", "new", "cur"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let unique = format!(
+        "{}.M{}P{}Q{}.posta",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let tmp = dir.join("tmp").join(&unique);
+    let dest = dir.join("new").join(&unique);
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let clean = |s: &str| s.replace(['\r', '\n'], "");
+        let head = format!(
+            "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
+            clean(return_path),
+            clean(rcpt)
+        );
+        f.write_all(head.as_bytes())?;
+        f.write_all(&crate::protocol::dsn::unstuff(stored))?;
+        f.sync_data()?;
+        fs::rename(&tmp, &dest)?;
+        File::open(dir.join("new"))?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|_| dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_escape() {
+        let root = Path::new("/srv/mail");
+        assert_eq!(
+            mailbox_dir(root, "Bob", "Example.COM").unwrap(),
+            root.join("example.com/bob")
+        );
+        for (u, d) in [
+            ("../x", "a.b"),
+            ("a/b", "a.b"),
+            (".hidden", "a.b"),
+            ("a", ".."),
+            ("a\nb", "a.b"),
+            ("", "a.b"),
+        ] {
+            assert_eq!(mailbox_dir(root, u, d), Err(MaildirError::BadMailbox), "{u}@{d}");
+        }
+    }
+
+    #[test]
+    fn unstuffs_and_delivers() {
+        let d = tempfile::tempdir().unwrap();
+        let mb = mailbox_dir(d.path(), "u", "x.org").unwrap();
+        let p = deliver(&mb, "s@y.org", "u@x.org", b"Subject: t\r\n\r\n..dot\r\n").unwrap();
+        let text = fs::read_to_string(p).unwrap();
+        assert_eq!(
+            text,
+            "Return-Path: <s@y.org>\r\nDelivered-To: u@x.org\r\nSubject: t\r\n\r\n.dot\r\n"
+        );
+        assert!(fs::read_dir(mb.join("tmp")).unwrap().next().is_none());
+    }
+}
