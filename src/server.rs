@@ -143,6 +143,7 @@ fn start_delivery(arbiter: &Arbiter, cfg: &Config, shared: &Arc<Shared>) -> Addr
 /// A daemon running on its own thread (tests and embedding).
 pub struct RunningServer {
     pub local_addrs: Vec<SocketAddr>,
+    queue: Option<Addr<QueueManager>>,
     system: System,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -151,6 +152,23 @@ impl RunningServer {
     /// The first listen address.
     pub fn addr(&self) -> SocketAddr {
         self.local_addrs[0]
+    }
+
+    /// Retry every queued item now (what SIGUSR1 does).
+    pub fn flush_queue(&self) {
+        if let Some(q) = &self.queue {
+            q.do_send(crate::actors::queue_manager::Flush);
+        }
+    }
+
+    /// Items waiting and in flight (blocks briefly on the delivery arbiter).
+    pub fn queue_counts(&self) -> Option<crate::actors::queue_manager::QueueCounts> {
+        let q = self.queue.clone()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.system.arbiter().spawn(async move {
+            let _ = tx.send(q.send(crate::actors::queue_manager::Counts).await.ok());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10)).ok().flatten()
     }
 
     /// Stop every worker and wait for the thread.
@@ -176,6 +194,7 @@ impl Drop for RunningServer {
 pub fn start(cfg: &Config, registry: &PluginRegistry) -> Result<RunningServer, StartError> {
     let prepared = prepare(cfg, registry)?;
     let local_addrs = prepared.local_addrs.clone();
+    let shared = prepared.shared.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         let sys = System::new();
@@ -188,6 +207,7 @@ pub fn start(cfg: &Config, registry: &PluginRegistry) -> Result<RunningServer, S
     let (system, _arbiters) = rx.recv().expect("server thread started");
     Ok(RunningServer {
         local_addrs,
+        queue: shared.queue.get().cloned(),
         system,
         thread: Some(thread),
     })
@@ -200,9 +220,10 @@ pub fn run(cfg: &Config, registry: &PluginRegistry) -> Result<(), StartError> {
         tracing::info!(listen = %a, workers = cfg.smtp.nodes, queue = %cfg.queue_dir.display(), "posta listening");
     }
     let sys = System::new();
+    let shared = prepared.shared.clone();
     sys.block_on(async move {
         let _arbiters = prepared.start_workers();
-        wait_for_signal().await;
+        wait_for_signal(shared).await;
         tracing::info!("shutting down");
         System::current().stop();
     });
@@ -210,14 +231,22 @@ pub fn run(cfg: &Config, registry: &PluginRegistry) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// SIGTERM/SIGINT stop; SIGUSR1 retries the whole queue now.
+async fn wait_for_signal(shared: Arc<Shared>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+    let (Ok(mut term), Ok(mut usr1)) = (signal(SignalKind::terminate()), signal(SignalKind::user_defined1())) else {
+        return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: retrying the whole queue now");
+                if let Some(q) = shared.queue.get() {
+                    q.do_send(crate::actors::queue_manager::Flush);
+                }
+            }
+        }
     }
 }

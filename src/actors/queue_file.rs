@@ -131,10 +131,11 @@ impl Actor for QueueFile {
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             let finished = res.unwrap_or_else(|_| {
                 inc(&metrics().queue_file.panics);
-                tracing::error!(file = %act.name, "delivery panicked; retrying later");
+                let wait = act.cx.schedule.delay_after(1).map(|d| d.as_millis() as u64).unwrap_or(60_000);
+                tracing::error!(file = %act.name, retry_in_ms = wait, "delivery panicked; retrying later");
                 Finished {
                     name: act.name.clone(),
-                    retry: Some((act.name.clone(), now_ms() + 60_000)),
+                    retry: Some((act.name.clone(), now_ms() + wait)),
                 }
             });
             act.report.do_send(finished);

@@ -163,10 +163,7 @@ impl Handler<Finished> for QueueManager {
 impl Handler<Flush> for QueueManager {
     type Result = ();
     fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
-        let now = now_ms();
-        for name in self.wheel.drain_all() {
-            self.wheel.insert(now, name);
-        }
+        self.wheel.reschedule_all(now_ms());
         self.pump(ctx);
     }
 }
