@@ -474,7 +474,8 @@ fn maildir_blocking(item: &QueueItem, root: &std::path::Path) -> (Vec<Fate>, Opt
         .iter()
         .map(|a| {
             let (user, host) = (a.user.clone().unwrap_or_default(), a.host.clone().unwrap_or_default());
-            let result = mailbox_dir(root, &user, &host).and_then(|dir| deliver(&dir, &from, &a.original, &stored));
+            let rcpt = a.original.trim_matches(['<', '>']);
+            let result = mailbox_dir(root, &user, &host).and_then(|dir| deliver(&dir, &from, rcpt, &stored));
             match result {
                 Ok(_) => Fate::Delivered,
                 Err(MaildirError::BadMailbox) => Fate::Perm(Reason::local("5.1.3", "invalid mailbox name")),
@@ -706,7 +707,10 @@ async fn defer(cx: &DeliveryCtx, mut item: QueueItem, temp: Vec<(TodoAddress, Re
             a
         })
         .collect();
-    match item::rewrite(&cx.dir, &item, &todo, failures, due) {
+    // The rewrite fsyncs: keep it off the delivery thread.
+    let (dir, item2) = (cx.dir.clone(), item.clone());
+    let res = actix_rt::task::spawn_blocking(move || item::rewrite(&dir, &item2, &todo, failures, due)).await;
+    match res.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))) {
         Ok(new) => finished(&item.name, Some((new, due))),
         Err(e) => {
             tracing::error!(file = %item.name, error = %e, "cannot rewrite the queue file; all recipients will be retried");

@@ -79,6 +79,17 @@ impl Actor for Resolver {
     }
 }
 
+/// NOERROR with no records of the type asked for (NODATA). hickory also reports SERVFAIL,
+/// REFUSED and friends as "no records found": those must stay temporary failures.
+fn is_nodata(e: &ResolveError) -> bool {
+    use hickory_resolver::proto::op::ResponseCode;
+    use hickory_resolver::proto::ProtoErrorKind;
+    matches!(
+        e.proto().map(|p| p.kind()),
+        Some(ProtoErrorKind::NoRecordsFound { response_code: ResponseCode::NoError, .. })
+    )
+}
+
 fn failure(e: &ResolveError) -> DnsFailure {
     if e.is_nx_domain() {
         DnsFailure::NxDomain
@@ -102,7 +113,7 @@ impl Handler<ResolveMx> for Resolver {
                         MxAnswer::Records(v)
                     })
                 }
-                Err(e) if e.is_no_records_found() && !e.is_nx_domain() => Ok(MxAnswer::Implicit),
+                Err(e) if is_nodata(&e) => Ok(MxAnswer::Implicit),
                 Err(e) => Err(failure(&e)),
             }
         })
@@ -123,9 +134,11 @@ impl Handler<ResolveHost> for Resolver {
             let mut six: Vec<IpAddr> = v6.iter().flat_map(|l| l.iter().map(|a| IpAddr::V6(a.0))).collect();
             let mut four: Vec<IpAddr> = v4.iter().flat_map(|l| l.iter().map(|a| IpAddr::V4(a.0))).collect();
             if six.is_empty() && four.is_empty() {
+                // NXDOMAIN or NODATA for both: no address; anything else is temporary.
                 return Err(match (v6, v4) {
-                    (Err(e), _) | (_, Err(e)) if !e.is_no_records_found() || e.is_nx_domain() => failure(&e),
-                    _ => DnsFailure::NxDomain,
+                    (Err(e), _) | (_, Err(e)) if !is_nodata(&e) && !e.is_nx_domain() => failure(&e),
+                    (Err(e), _) | (_, Err(e)) if e.is_nx_domain() => DnsFailure::NxDomain,
+                    _ => DnsFailure::Temporary("no address records".into()),
                 });
             }
             Ok(match msg.1 {

@@ -2,7 +2,9 @@
 //! own temp config and queue dirs) and talk SMTP to it over real TCP.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod process;
+pub mod sink;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
