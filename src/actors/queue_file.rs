@@ -530,7 +530,7 @@ async fn settle(cx: &DeliveryCtx, mut item: QueueItem, fates: Vec<Fate>, hand_ov
     }
     record_outcomes(delivered.len(), temp.len(), perm.len());
     if temp.is_empty() {
-        if let Err(e) = item::remove(&item) {
+        if let Err(e) = cx.spool.recycle(&item.path) {
             tracing::error!(file = %item.name, error = %e, "cannot remove delivered queue file");
         }
         return finished(&item.name, None);
@@ -687,7 +687,7 @@ async fn defer(cx: &DeliveryCtx, mut item: QueueItem, temp: Vec<(TodoAddress, Re
     let r = hook(cx, &mut item, OutboundHook::Deferred { delay, err }).await;
     let delay = match r.outcome {
         Outcome::Ok => {
-            let _ = item::remove(&item);
+            let _ = cx.spool.recycle(&item.path);
             return finished(&item.name, None);
         }
         Outcome::DenySoft => r.msg.and_then(|m| m.trim().parse().ok()).unwrap_or(delay),
