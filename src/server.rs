@@ -41,10 +41,12 @@ pub struct Prepared {
 /// Validate and bind (no threads started yet).
 pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, StartError> {
     let chain = registry.build(cfg)?;
-    let spool = Spool::open(&cfg.queue_dir, &cfg.me, cfg.no_fsync).map_err(|source| StartError::Queue {
-        dir: cfg.queue_dir.display().to_string(),
-        source,
-    })?;
+    let spool = Spool::open(&cfg.queue_dir, &cfg.me, cfg.no_fsync)
+        .map_err(|source| StartError::Queue {
+            dir: cfg.queue_dir.display().to_string(),
+            source,
+        })?
+        .with_always_split(cfg.outbound.always_split);
     let shared = Arc::new(Shared {
         session: Arc::new(cfg.session_config(chain.hook_set())),
         chain: Arc::new(chain),

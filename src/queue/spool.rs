@@ -59,6 +59,8 @@ pub struct Spool {
     /// Recycled queue files ready to be overwritten.
     free: Mutex<Vec<PathBuf>>,
     free_seq: std::sync::atomic::AtomicU64,
+    /// `outbound.ini always_split`: one queue file per recipient.
+    always_split: bool,
 }
 
 impl Spool {
@@ -86,7 +88,14 @@ impl Spool {
             no_fsync,
             free: Mutex::new(free),
             free_seq: std::sync::atomic::AtomicU64::new(0),
+            always_split: false,
         })
+    }
+
+    /// `outbound.ini always_split`: one queue file per recipient instead of per domain.
+    pub fn with_always_split(mut self, on: bool) -> Self {
+        self.always_split = on;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -139,7 +148,12 @@ impl Spool {
     ) -> io::Result<Vec<String>> {
         let now = now_ms();
         let mut names = Vec::new();
-        for (k, (domain, rcpts)) in split_by_domain(&req.rcpt_to).into_iter().enumerate() {
+        let groups = if self.always_split {
+            req.rcpt_to.iter().map(|r| (r.mailbox.host(), vec![r])).collect()
+        } else {
+            split_by_domain(&req.rcpt_to)
+        };
+        for (k, (domain, rcpts)) in groups.into_iter().enumerate() {
             let todo = build_todo(req, &domain, &rcpts, k + 1);
             let name = self.next_name(now).to_string();
             let (file, tmp) = self.take_file(&name)?;
