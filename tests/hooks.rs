@@ -795,6 +795,8 @@ fn hook_order_of_a_full_session() {
         "data",
         "data_post",
         "queue",
+        // Haraka runs it in send_trans_email, right before the queue files are written.
+        "pre_send_trans_email",
         "queue_ok",
         "reset_transaction",
         "mail",

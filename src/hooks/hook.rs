@@ -167,6 +167,9 @@ pub enum Hook {
     ResetTransaction,
     Quit,
     Disconnect,
+    /// Outbound: just before the message is written to the queue (Haraka's
+    /// `send_trans_email`); the result is ignored.
+    PreSendTransEmail,
 }
 
 impl Hook {
@@ -194,6 +197,7 @@ impl Hook {
             Hook::ResetTransaction => HookName::ResetTransaction,
             Hook::Quit => HookName::Quit,
             Hook::Disconnect => HookName::Disconnect,
+            Hook::PreSendTransEmail => HookName::PreSendTransEmail,
         }
     }
 }

@@ -125,6 +125,7 @@ enum Then {
     QueueOk(String),
     Rset,
     Quit,
+    Commit,
 }
 
 #[derive(Debug)]
@@ -813,6 +814,7 @@ impl Session {
             Then::MaxDataExceeded => self.after_max_data(r),
             Then::Queue => self.after_queue(r),
             Then::QueueOk(text) => self.after_queue_ok(text),
+            Then::Commit => self.act(Action::Commit),
             Then::Rset => {
                 self.reply(Reply::ext(250, (2, 0, 0), "OK"));
                 self.reset_txn();
@@ -1163,7 +1165,8 @@ impl Session {
             self.spooled_drop();
             return self.hook(Hook::QueueOk(text.clone()), Then::QueueOk(text));
         }
-        self.act(Action::Commit);
+        // Haraka runs pre_send_trans_email right before the queue files are written.
+        self.hook(Hook::PreSendTransEmail, Then::Commit);
     }
 
     fn after_queue_ok(&mut self, text: String) {
@@ -1308,6 +1311,7 @@ mod tests {
                 "data",
                 "data_post",
                 "queue",
+                "pre_send_trans_email",
                 "queue_ok",
                 "reset_transaction",
                 "quit",
