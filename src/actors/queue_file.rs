@@ -365,7 +365,10 @@ async fn try_target(cx: &DeliveryCtx, item: &QueueItem, t: &MxTarget) -> Result<
             reason.remote_mta = Some(t.host.clone());
             match r.outcome {
                 RcptOutcome::Delivered => {
-                    response = r.reply.text();
+                    response = match r.reply.enhanced {
+                        Some(e) => format!("{e} {}", r.reply.text()),
+                        None => r.reply.text(),
+                    };
                     Fate::Delivered
                 }
                 RcptOutcome::TempFail => Fate::Temp(reason),

@@ -52,6 +52,8 @@ pub struct QueueManager {
     supervisor: Addr<DeliverySupervisor>,
     timer: Option<(SpawnHandle, u64)>,
     disabled: bool,
+    /// Items in flight when a flush came: their retry is due at once.
+    flushed_in_flight: HashSet<String>,
 }
 
 impl QueueManager {
@@ -64,6 +66,7 @@ impl QueueManager {
             supervisor,
             timer: None,
             disabled,
+            flushed_in_flight: HashSet::new(),
         }
     }
 
@@ -153,8 +156,9 @@ impl Handler<Finished> for QueueManager {
     type Result = ();
     fn handle(&mut self, msg: Finished, ctx: &mut Self::Context) {
         self.in_flight.remove(&msg.name);
+        let flushed = self.flushed_in_flight.remove(&msg.name);
         if let Some((name, due)) = msg.retry {
-            self.wheel.insert(due, name);
+            self.wheel.insert(if flushed { now_ms() } else { due }, name);
         }
         self.pump(ctx);
     }
@@ -164,6 +168,7 @@ impl Handler<Flush> for QueueManager {
     type Result = ();
     fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
         self.wheel.reschedule_all(now_ms());
+        self.flushed_in_flight.extend(self.in_flight.iter().cloned());
         self.pump(ctx);
     }
 }
