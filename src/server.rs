@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::actors::connection::Shared;
 use crate::actors::delivery_supervisor::{DeliverySupervisor, ReportTo};
@@ -54,6 +55,7 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
         spool_after: cfg.spool_after,
         inactivity: cfg.smtp.inactivity_timeout,
         queue: std::sync::OnceLock::new(),
+        shutdown: tokio::sync::watch::channel(false).0,
     });
     let nodes = cfg.smtp.nodes.max(1);
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..nodes).map(|_| Vec::new()).collect();
@@ -223,20 +225,48 @@ pub fn run(cfg: &Config, registry: &PluginRegistry) -> Result<(), StartError> {
     }
     let sys = System::new();
     let shared = prepared.shared.clone();
+    let force_timeout = cfg.smtp.force_shutdown_timeout;
     sys.block_on(async move {
         let _arbiters = prepared.start_workers();
-        wait_for_signal(shared).await;
-        tracing::info!("shutting down");
+        // One SIGTERM stream for the whole run, so a second signal is never missed.
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            tracing::error!("cannot install the SIGTERM handler");
+            return;
+        };
+        wait_for_signal(shared.clone(), &mut term).await;
+        tracing::info!("shutting down: no new connections, sessions finishing");
+        graceful_stop(&shared, force_timeout, &mut term).await;
         System::current().stop();
     });
     let _ = sys.run();
     Ok(())
 }
 
+/// Graceful shutdown: stop accepting, let sessions finish (idle ones get `421 4.3.2`), up to
+/// `smtp.ini force_shutdown_timeout`; a second signal stops at once. Nothing acknowledged is
+/// at risk either way: queue files are only changed by a finished delivery.
+async fn graceful_stop(shared: &Shared, limit: std::time::Duration, term: &mut Signal) {
+    let _ = shared.shutdown.send(true);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let live = crate::metrics::metrics().connection.live();
+        if live == 0 || tokio::time::Instant::now() >= deadline {
+            if live > 0 {
+                tracing::warn!(sessions = live, "shutdown timeout: closing remaining sessions");
+            }
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+        }
+    }
+}
+
 /// SIGTERM/SIGINT stop; SIGUSR1 retries the whole queue now.
-async fn wait_for_signal(shared: Arc<Shared>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut usr1)) = (signal(SignalKind::terminate()), signal(SignalKind::user_defined1())) else {
+async fn wait_for_signal(shared: Arc<Shared>, term: &mut Signal) {
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
         return std::future::pending().await;
     };
     loop {

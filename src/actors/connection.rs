@@ -31,6 +31,8 @@ pub struct Shared {
     pub inactivity: Duration,
     /// Where committed messages are handed over for delivery.
     pub queue: std::sync::OnceLock<Addr<super::queue_manager::QueueManager>>,
+    /// Set to true when the daemon shuts down gracefully.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 pub struct ConnectionActor {
@@ -173,8 +175,11 @@ impl Driver {
             Err(e) => Err(CommitError::Temporary(e.to_string())),
         };
         if let (Ok(names), Some(q)) = (&r, self.shared.queue.get()) {
-            // Bounded mailbox: wait for room rather than queue without limit.
-            let _ = q.send(super::queue_manager::Enqueue(names.clone())).await;
+            // Bounded mailbox: hand over without waiting when there is room, else wait for
+            // room rather than queue without limit.
+            if let Err(actix::prelude::SendError::Full(m)) = q.try_send(super::queue_manager::Enqueue(names.clone())) {
+                let _ = q.send(m).await;
+            }
         }
         self.session.commit_done(r.map(|names| names.join(",")));
     }
@@ -199,10 +204,19 @@ impl Driver {
         if !self.flush().await {
             return self.session.peer_closed();
         }
-        match tokio::time::timeout(self.shared.inactivity, self.stream.readable()).await {
-            Err(_) => self.session.timed_out(),
-            Ok(Err(_)) => self.session.peer_closed(),
-            Ok(Ok(())) => self.read_ready(),
+        let mut stop = self.shared.shutdown.subscribe();
+        let idle = self.session.is_between_messages();
+        if idle && *stop.borrow_and_update() {
+            return self.session.shutting_down();
+        }
+        tokio::select! {
+            r = tokio::time::timeout(self.shared.inactivity, self.stream.readable()) => match r {
+                Err(_) => self.session.timed_out(),
+                Ok(Err(_)) => self.session.peer_closed(),
+                Ok(Ok(())) => self.read_ready(),
+            },
+            // A graceful shutdown ends idle sessions; a message being received finishes first.
+            _ = stop.changed(), if idle => self.session.shutting_down(),
         }
     }
 

@@ -43,8 +43,13 @@ async fn accept_loop(socket: std::net::TcpListener, shared: Arc<Shared>) {
         }
     };
     let local = listener.local_addr().ok();
+    let mut stop = shared.shutdown.subscribe();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return, // graceful shutdown: stop accepting
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().ok().or(local).unwrap_or(peer);

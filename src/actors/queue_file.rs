@@ -131,7 +131,12 @@ impl Actor for QueueFile {
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             let finished = res.unwrap_or_else(|_| {
                 inc(&metrics().queue_file.panics);
-                let wait = act.cx.schedule.delay_after(1).map(|d| d.as_millis() as u64).unwrap_or(60_000);
+                let wait = act
+                    .cx
+                    .schedule
+                    .delay_after(1)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(60_000);
                 tracing::error!(file = %act.name, retry_in_ms = wait, "delivery panicked; retrying later");
                 Finished {
                     name: act.name.clone(),

@@ -86,7 +86,10 @@ fn is_nodata(e: &ResolveError) -> bool {
     use hickory_resolver::proto::ProtoErrorKind;
     matches!(
         e.proto().map(|p| p.kind()),
-        Some(ProtoErrorKind::NoRecordsFound { response_code: ResponseCode::NoError, .. })
+        Some(ProtoErrorKind::NoRecordsFound {
+            response_code: ResponseCode::NoError,
+            ..
+        })
     )
 }
 

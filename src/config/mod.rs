@@ -44,6 +44,8 @@ pub struct SmtpIni {
     pub nodes: usize,
     /// `[main] inactivity_timeout`.
     pub inactivity_timeout: Duration,
+    /// `[main] force_shutdown_timeout`: seconds sessions get to finish at shutdown.
+    pub force_shutdown_timeout: Duration,
 }
 
 /// The whole configuration directory.
@@ -186,6 +188,7 @@ fn load_smtp(f: &IniFile) -> Result<SmtpIni, ConfigError> {
         listen,
         nodes,
         inactivity_timeout: Duration::from_secs(inactivity),
+        force_shutdown_timeout: Duration::from_secs(f.u64("main", "force_shutdown_timeout", 30)?),
     })
 }
 

@@ -268,6 +268,19 @@ impl Session {
         }
     }
 
+    /// True between messages (command phase): a graceful shutdown may end the session here.
+    pub fn is_between_messages(&self) -> bool {
+        matches!(self.phase, Phase::Command | Phase::Loop(_)) && self.waiting.is_none()
+    }
+
+    /// The daemon is shutting down: `421 4.3.2` and close (RFC 3463 X.3.2: system not
+    /// accepting network messages).
+    pub fn shutting_down(&mut self) {
+        let text = format!("{} shutting down, try again later", self.cfg.me);
+        self.reply(Reply::ext(421, (4, 3, 2), text));
+        self.close();
+    }
+
     /// The client was idle for too long.
     pub fn timed_out(&mut self) {
         let text = format!("{} timeout, closing connection", self.cfg.me);

@@ -1,6 +1,7 @@
 //! The queue as plain types: the Haraka queue file codec and the durable commit.
 
 pub mod file;
+pub mod inspect;
 pub mod item;
 pub mod maildir;
 pub mod route;

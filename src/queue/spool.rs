@@ -198,7 +198,9 @@ impl Spool {
             };
         }
         let n = self.free_seq.fetch_add(1, Ordering::Relaxed);
-        let dest = self.dir.join(format!("{TMP_PREFIX}{FREE_MARK}{}.{n}", std::process::id()));
+        let dest = self
+            .dir
+            .join(format!("{TMP_PREFIX}{FREE_MARK}{}.{n}", std::process::id()));
         match fs::rename(path, &dest) {
             Ok(()) => {
                 free.push(dest);

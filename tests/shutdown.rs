@@ -1,0 +1,85 @@
+//! Graceful shutdown with the real binary: SIGTERM stops accepting, idle sessions get
+//! `421 4.3.2`, a message being received is finished and acknowledged, and posta exits 0.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::process::{free_port, spawn_daemon};
+use common::*;
+
+fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn sigterm_finishes_messages_and_closes_idle_sessions() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = root.path().join("config");
+    write_default_config(&cfg);
+    let mut d = spawn_daemon(&cfg, free_port());
+    let mut idle = Client::connect(d.addr);
+    idle.expect("EHLO idle.example", 250);
+    let mut busy = Client::connect(d.addr);
+    busy.expect("EHLO busy.example", 250);
+    busy.expect("MAIL FROM:<a@remote.example>", 250);
+    busy.expect("RCPT TO:<u@example.test>", 250);
+    busy.expect("DATA", 354);
+    busy.send(b"Subject: in flight\r\n\r\nfirst half\r\n");
+
+    signal(d.pid(), "-TERM");
+    // The idle session is told to come back later.
+    let r = idle.reply().expect("421 for the idle session");
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text().starts_with("4.3.2"), "{r:?}");
+    assert!(idle.is_closed());
+    // The message in flight is completed and acknowledged, then the session is closed.
+    busy.send(b"second half\r\n.\r\n");
+    assert_eq!(busy.reply().unwrap().code, 250);
+    assert_eq!(busy.reply().map(|r| r.code), Some(421));
+    // No new connections, and a clean exit.
+    let status = wait_exit(&mut d.child, Duration::from_secs(20));
+    assert_eq!(status, Some(0), "posta should exit 0 after a graceful shutdown");
+    assert!(
+        std::net::TcpStream::connect(d.addr).is_err(),
+        "still accepting after shutdown"
+    );
+    assert_eq!(queue_files(&root.path().join("queue")).len(), 1);
+}
+
+#[test]
+fn second_signal_stops_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = root.path().join("config");
+    write_default_config(&cfg);
+    let mut d = spawn_daemon(&cfg, free_port());
+    let mut busy = Client::connect(d.addr);
+    busy.expect("EHLO busy.example", 250);
+    busy.expect("MAIL FROM:<a@remote.example>", 250);
+    busy.expect("RCPT TO:<u@example.test>", 250);
+    busy.expect("DATA", 354);
+    signal(d.pid(), "-TERM");
+    // Sync point: the first signal was handled once the listener refuses connections.
+    let refused = (0..1000).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        std::net::TcpStream::connect(d.addr).is_err()
+    });
+    assert!(refused, "the first SIGTERM did not stop the listener");
+    signal(d.pid(), "-TERM");
+    assert_eq!(wait_exit(&mut d.child, Duration::from_secs(20)), Some(0));
+    assert!(queue_files(&root.path().join("queue")).is_empty());
+}
+
+/// Wait (bounded) for the child to exit; its exit code.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(st)) = child.try_wait() {
+            return st.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
