@@ -18,8 +18,16 @@ fn relay_config(cfg: &std::path::Path, sink_port: u16) {
     write_default_config(cfg);
     std::fs::write(cfg.join("plugins"), "relay\nrcpt_to.in_host_list\nqueue/smtp_forward\n").unwrap();
     std::fs::write(cfg.join("relay_acl_allow"), "127.0.0.0/8\n").unwrap();
-    std::fs::write(cfg.join("smtp_forward.ini"), format!("[main]\nhost=127.0.0.1\nport={sink_port}\n")).unwrap();
-    std::fs::write(cfg.join("outbound.ini"), "[main]\ntemp_fail_intervals=5s\nconnect_timeout=5\n").unwrap();
+    std::fs::write(
+        cfg.join("smtp_forward.ini"),
+        format!("[main]\nhost=127.0.0.1\nport={sink_port}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        cfg.join("outbound.ini"),
+        "[main]\ntemp_fail_intervals=5s\nconnect_timeout=5\n",
+    )
+    .unwrap();
 }
 
 /// Send messages `first..first+count` on one connection until the daemon dies; the ids
@@ -55,7 +63,8 @@ fn submit(addr: SocketAddr, ids: std::ops::Range<usize>, acked: &Mutex<HashSet<S
 
 fn message_id(body: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(body);
-    text.lines().find_map(|l| l.strip_prefix("Message-ID: ").map(String::from))
+    text.lines()
+        .find_map(|l| l.strip_prefix("Message-ID: ").map(String::from))
 }
 
 #[test]
@@ -96,7 +105,12 @@ fn kill_during_delivery_loses_nothing_acknowledged() {
     });
     let got = delivered();
     let lost: Vec<_> = acked.difference(&got).collect();
-    assert!(lost.is_empty(), "acknowledged but never delivered: {} of {}: {lost:?}", lost.len(), acked.len());
+    assert!(
+        lost.is_empty(),
+        "acknowledged but never delivered: {} of {}: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
     assert!(drained, "queue did not drain");
     let mut counts: HashMap<String, usize> = HashMap::new();
     for m in sink.messages() {

@@ -111,9 +111,11 @@ impl RcptInfo {
         }
     }
 
-    /// `status reason`, or whichever is present.
+    /// `status reason`, or whichever is present (the reason alone when it holds the status, as
+    /// an SMTP reply such as `452 4.2.2 Mailbox full` does).
     pub fn error(&self) -> Option<String> {
         match (&self.status, &self.reason) {
+            (Some(s), Some(r)) if r.split_whitespace().any(|w| w == s) => Some(r.clone()),
             (Some(s), Some(r)) => Some(format!("{s} {r}")),
             (Some(s), None) => Some(s.clone()),
             (None, Some(r)) => Some(r.clone()),
@@ -987,6 +989,12 @@ mod tests {
         assert_eq!(s.sender, "other@z.org");
         assert_eq!(s.attempts, 2);
         assert_eq!(s.last_error().as_deref(), Some("4.4.1 connection refused"));
+        let r = RcptInfo {
+            address: "a@b".into(),
+            status: Some("4.2.2".into()),
+            reason: Some("452 4.2.2 Mailbox full".into()),
+        };
+        assert_eq!(r.error().as_deref(), Some("452 4.2.2 Mailbox full"));
         assert!(matches!(&all[2], Entry::Corrupt { corrupt, .. } if corrupt.contains("runs past the end")));
         let Entry::Item(s) = &all[0] else { panic!() };
         assert_eq!(s.sender, "");
