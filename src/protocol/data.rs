@@ -73,9 +73,10 @@ pub struct BodyReceiver {
     /// The previous line ended with a real CRLF (or this is the first line): only then can
     /// a `.` line end DATA. This is what refuses `<LF>.<CRLF>` and `<CR>.<CRLF>`.
     prev_crlf: bool,
-    /// Leading dots removed by the DATA unstuffing rule in the current call; RFC 1870 counts
-    /// the message without them.
-    stuffing: usize,
+    /// Leading dots removed by the DATA unstuffing rule; RFC 1870 counts without them.
+    stuffing: u64,
+    /// Raw octets consumed (minus the end-of-data line once seen).
+    raw: u64,
     headers: HeaderScan,
 }
 
@@ -92,6 +93,7 @@ impl BodyReceiver {
             folded: false,
             prev_crlf: true,
             stuffing: 0,
+            raw: 0,
             headers: HeaderScan::default(),
         }
     }
@@ -117,10 +119,17 @@ impl BodyReceiver {
         self.headers.received
     }
 
-    /// Count `n` more raw octets against the size limit.
-    fn count(&mut self, n: usize) {
-        self.bytes = self.bytes.saturating_add(n as u64);
-        if self.limits.max_bytes > 0 && self.bytes > self.limits.max_bytes {
+    /// Update the size (RFC 1870: without stuffing dots and end-of-data) and the limit check.
+    /// A `.` or `.CR` at the start of a line may still turn out to be the end of data, so it
+    /// is not counted until that is known: the count does not depend on segmentation.
+    fn count(&mut self) {
+        self.bytes = self.raw.saturating_sub(self.stuffing);
+        let pending = match self.st {
+            St::Dot if self.prev_crlf => 1,
+            St::DotCr if self.prev_crlf => 2,
+            _ => 0,
+        };
+        if self.limits.max_bytes > 0 && self.bytes.saturating_sub(pending) > self.limits.max_bytes {
             self.too_big = true;
         }
     }
@@ -145,9 +154,11 @@ impl BodyReceiver {
             }
         }
         let consumed = i;
-        let raw = if done { consumed.saturating_sub(3) } else { consumed };
-        let stuffing = std::mem::take(&mut self.stuffing);
-        self.count(raw.saturating_sub(stuffing));
+        self.raw = self.raw.saturating_add(consumed as u64);
+        if done {
+            self.raw = self.raw.saturating_sub(3); // the `.CRLF` of `<CRLF>.<CRLF>`
+        }
+        self.count();
         self.headers.scan(&out[start..]);
         if self.too_big {
             out.truncate(start);
@@ -188,7 +199,12 @@ impl BodyReceiver {
         }
         let end = memchr2(b'\r', b'\n', input).unwrap_or(input.len());
         let mut seg = &input[..end];
-        let fold = self.limits.max_line.saturating_sub(2);
+        // Fold at 2 bytes less than the limit (room for CRLF); limits under 4 never fold, so
+        // a fold always leaves room for progress.
+        let fold = match self.limits.max_line.saturating_sub(2) {
+            f if f >= 2 => f,
+            _ => 0,
+        };
         while fold > 0 && self.line_len + seg.len() > fold {
             let room = fold - self.line_len;
             out.extend_from_slice(&seg[..room]);

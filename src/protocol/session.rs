@@ -435,15 +435,15 @@ impl Session {
     }
 
     fn command_phase(&mut self) -> Option<Action> {
+        // A TLS ClientHello has no line ending and is often longer than a command line.
+        if self.inbuf.starts_with(&[0x16, 0x03]) && !matches!(self.phase, Phase::Loop(_)) {
+            self.inbuf.clear();
+            self.error(command::LineError::TlsHello.reply());
+            self.close();
+            return None;
+        }
         let line = match self.take_line() {
             Ok(Some(line)) => line,
-            // A TLS ClientHello has no line ending to wait for.
-            Ok(None) if self.inbuf.starts_with(&[0x16, 0x03]) => {
-                self.inbuf.clear();
-                self.reply(command::LineError::TlsHello.reply());
-                self.close();
-                return None;
-            }
             Ok(None) => return Some(Action::NeedInput),
             Err(()) => {
                 self.inbuf.clear();
