@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{parse_listen, ConfigError, IniFile};
+use super::{ConfigError, IniFile};
 use crate::queue::schedule::RetrySchedule;
 
 /// Address family preference when an MX host has both.
@@ -70,12 +70,12 @@ impl OutboundConfig {
             .map(str::trim)
             .filter(|p| !p.is_empty())
         {
-            let addr = parse_listen(part).map_err(|p| f.invalid("main", "nameservers", p))?;
-            // `ip` alone means port 53 for a nameserver, not 25.
-            let addr = if part.contains(':') && !part.starts_with('[') || part.contains("]:") {
-                addr
-            } else {
-                SocketAddr::new(addr.ip(), 53)
+            // `ip:port`, `[v6]:port`, or an address alone (port 53).
+            let bare = part.trim_start_matches('[').trim_end_matches(']');
+            let addr = match (part.parse::<SocketAddr>(), bare.parse::<std::net::IpAddr>()) {
+                (Ok(a), _) => a,
+                (_, Ok(ip)) => SocketAddr::new(ip, 53),
+                _ => return Err(f.invalid("main", "nameservers", format!("'{part}' is not an address"))),
             };
             nameservers.push(addr);
         }
@@ -83,7 +83,13 @@ impl OutboundConfig {
         if concurrency_max == 0 {
             return Err(f.invalid("main", "concurrency_max", "must be at least 1"));
         }
-        let max_temp_failures = f.u64("main", "maxTempFailures", 13)?.min(100) as u32;
+        // Haraka's doubling schedule (2^(i+5) s) is already 36 h per step at 13; past 20 it
+        // means waits of years, so larger values are refused.
+        let max_temp_failures = f.u64("main", "maxTempFailures", 13)?;
+        if max_temp_failures > 20 {
+            return Err(f.invalid("main", "maxTempFailures", "at most 20 (use temp_fail_intervals for longer schedules)"));
+        }
+        let max_temp_failures = max_temp_failures as u32;
         let intervals = f.get("main", "temp_fail_intervals").filter(|s| !s.is_empty());
         let schedule = RetrySchedule::parse(intervals, max_temp_failures)
             .map_err(|e| f.invalid("main", "temp_fail_intervals", e))?;

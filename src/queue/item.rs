@@ -91,8 +91,10 @@ pub fn rename_for_retry(dir: &Path, item: &QueueItem, attempts: u32, next_ms: u6
 
 /// Replace the item with one holding `todo` (fewer recipients after a partial delivery),
 /// durably: write a temp file, fsync, rename over a new name, unlink the old one, fsync the
-/// directory. A crash leaves either the old file or the new one (the recipients already
-/// delivered may then be tried again: the documented duplicate window).
+/// directory. A crash before the rename leaves the old file; after it, possibly both (the
+/// new one is in place before the old one is unlinked): then every recipient of the old file,
+/// delivered ones included, may get the message again. That is the documented duplicate
+/// window; nothing is ever lost.
 pub fn rewrite(dir: &Path, item: &QueueItem, todo: &Todo, attempts: u32, next_ms: u64) -> io::Result<String> {
     let mut n = item.parsed.clone();
     n.attempts = attempts;

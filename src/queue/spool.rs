@@ -23,6 +23,9 @@ use crate::protocol::session::CommitError;
 /// Prefix of files being written; such files are removed at start (Haraka does the same).
 pub const TMP_PREFIX: &str = "__tmp__.";
 
+/// The transaction note that marks a DSN posta generated (routes may claim it).
+pub const BOUNCE_NOTE: &str = "bounce";
+
 /// Marks recycled files (`__tmp__.free.*`), kept at start for reuse.
 const FREE_MARK: &str = "free.";
 

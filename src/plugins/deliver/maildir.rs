@@ -1,14 +1,12 @@
 //! `deliver/maildir` (posta): deliver mail for `host_list` domains into Maildirs under
 //! `<path>/<domain>/<user>/` (`maildir.ini [main] path`, default `../var/mail`, relative to
-//! the config dir). Relayed mail is never delivered locally by this route.
+//! the config dir), whether it came from outside, from a relaying client, or is a DSN.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
 use crate::hooks::{HMail, Hook, HookContext, HookName, HookResult, HookReturn, OutboundHook, Outcome, Plugin};
-
-const NOTE: &str = "local_delivery";
 
 pub struct Maildir {
     root: String,
@@ -35,20 +33,16 @@ impl Plugin for Maildir {
         "deliver/maildir"
     }
     fn hooks(&self) -> &[HookName] {
-        &[HookName::Queue, HookName::GetMx]
+        &[HookName::GetMx]
     }
-    fn call<'a>(&'a self, _: &'a Hook, cx: &'a mut HookContext<'_>) -> HookReturn<'a> {
-        if let Some(txn) = cx.txn.as_deref_mut() {
-            txn.notes.insert(NOTE.into(), true.into());
-        }
+    fn call<'a>(&'a self, _: &'a Hook, _: &'a mut HookContext<'_>) -> HookReturn<'a> {
         HookResult::CONT.into()
     }
-    fn call_outbound<'a>(&'a self, hook: &'a OutboundHook, item: &'a mut HMail<'_>) -> HookReturn<'a> {
+    fn call_outbound<'a>(&'a self, hook: &'a OutboundHook, _: &'a mut HMail<'_>) -> HookReturn<'a> {
         let OutboundHook::GetMx { domain } = hook else {
             return HookResult::CONT.into();
         };
-        let local = item.todo.notes.get(NOTE).and_then(|v| v.as_bool()).unwrap_or(false);
-        if local && self.domains.contains(&domain.to_ascii_lowercase()) {
+        if self.domains.contains(&domain.to_ascii_lowercase()) {
             return HookResult::with_msg(Outcome::Ok, format!("maildir:{}", self.root)).into();
         }
         HookResult::CONT.into()

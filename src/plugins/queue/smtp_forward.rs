@@ -90,7 +90,9 @@ impl Plugin for SmtpForward {
         let OutboundHook::GetMx { domain } = hook else {
             return HookResult::CONT.into();
         };
-        let marked = item.todo.notes.get(NOTE).and_then(|v| v.as_bool()).unwrap_or(false);
+        let note = |k: &str| item.todo.notes.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+        // DSNs posta generates go out the way relayed mail does.
+        let marked = note(NOTE) || (self.enable_outbound && note(crate::queue::spool::BOUNCE_NOTE));
         match (marked, self.route(domain)) {
             (true, Some(t)) => HookResult::with_msg(Outcome::Ok, t.clone()).into(),
             _ => HookResult::CONT.into(),
