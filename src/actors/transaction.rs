@@ -13,6 +13,9 @@ use crate::metrics::{inc, metrics};
 use crate::protocol::session::CommitError;
 use crate::queue::spool::{CommitRequest, MessageBody, Spool};
 
+/// Concurrent queue commits (per process).
+static COMMIT_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
 /// Body bytes in stored form.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -114,6 +117,10 @@ impl Handler<Commit> for TransactionActor {
             if let Some(e) = failed {
                 return Err(CommitError::Temporary(e.to_string()));
             }
+            // A bounded number of committers: concurrent fsyncs are what the file system
+            // batches (8 threads already reach its group-commit rate), and more threads only
+            // contend for the queue directory's lock.
+            let _slot = COMMIT_SLOTS.acquire().await;
             let res = actix_rt::task::spawn_blocking(move || {
                 let r = spool.commit(&msg.0, &body);
                 if let Some(p) = spooled {
