@@ -239,7 +239,25 @@ pub fn run(cfg: &Config, registry: &PluginRegistry) -> Result<(), StartError> {
         System::current().stop();
     });
     let _ = sys.run();
+    log_summary();
     Ok(())
+}
+
+/// One line with what this run did, at exit.
+fn log_summary() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = crate::metrics::metrics();
+    tracing::info!(
+        connections = m.connection.started.load(Relaxed),
+        queued = m.messages_queued.load(Relaxed),
+        delivered = m.deliveries_ok.load(Relaxed),
+        deferred = m.deliveries_deferred.load(Relaxed),
+        bounced = m.deliveries_bounced.load(Relaxed),
+        outbound_connections = m.connections_opened.load(Relaxed),
+        outbound_reused = m.connections_reused.load(Relaxed),
+        panics_caught = m.connection.panics.load(Relaxed) + m.queue_file.panics.load(Relaxed),
+        "posta stopped"
+    );
 }
 
 /// Graceful shutdown: stop accepting, let sessions finish (idle ones get `421 4.3.2`), up to

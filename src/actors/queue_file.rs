@@ -677,7 +677,12 @@ fn bounce_request(item: &QueueItem, id: &str, eight_bit: bool, utf8: bool) -> Re
             },
             params: Default::default(),
         }],
-        notes: [(crate::queue::spool::BOUNCE_NOTE.to_string(), serde_json::Value::Bool(true))].into_iter().collect(),
+        notes: [(
+            crate::queue::spool::BOUNCE_NOTE.to_string(),
+            serde_json::Value::Bool(true),
+        )]
+        .into_iter()
+        .collect(),
         queue_time: now_ms(),
     })
 }

@@ -240,7 +240,12 @@ impl Job {
     async fn connect_any(&self, ips: &[IpAddr]) -> Result<Conn, ClientError> {
         let mut last = ClientError::PeerClosed;
         for ip in ips {
-            match self.connect(*ip, self.settings.outbound.enable_tls).await {
+            let ob = &self.settings.outbound;
+            let no_tls = ob
+                .no_tls_hosts
+                .iter()
+                .any(|h| *h == self.key.host || *h == ip.to_string());
+            match self.connect(*ip, ob.enable_tls && !no_tls).await {
                 Ok(c) => return Ok(c),
                 Err(e) if e.retry_without_tls() => match self.connect(*ip, false).await {
                     Ok(c) => return Ok(c),

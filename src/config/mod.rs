@@ -115,7 +115,12 @@ impl Config {
             spool_after as usize
         };
         let no_fsync = conn_ini.bool("main", "no_fsync", false)?;
-        let outbound = OutboundConfig::load(&IniFile::load(dir, "outbound.ini")?)?;
+        let mut outbound = OutboundConfig::load(&IniFile::load(dir, "outbound.ini")?)?;
+        outbound.no_tls_hosts = IniFile::load(dir, "tls.ini")?
+            .list("outbound", "no_tls_hosts")
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
         let bounce_template = match std::fs::read_to_string(dir.join("outbound.bounce_message")) {
             Ok(t) => Some(
                 crate::protocol::dsn::BounceTemplate::parse(&t)

@@ -48,6 +48,8 @@ pub struct OutboundConfig {
     pub pool_idle_timeout: Duration,
     /// posta: seconds to wait for each reply from the remote MTA.
     pub reply_timeout: Duration,
+    /// `tls.ini [outbound] no_tls_hosts[]`: hosts (names or addresses) never offered STARTTLS.
+    pub no_tls_hosts: Vec<String>,
     /// posta: the port of MX hosts found in DNS (25; tests and port-redirecting setups
     /// change it).
     pub mx_port: u16,
@@ -87,7 +89,11 @@ impl OutboundConfig {
         // means waits of years, so larger values are refused.
         let max_temp_failures = f.u64("main", "maxTempFailures", 13)?;
         if max_temp_failures > 20 {
-            return Err(f.invalid("main", "maxTempFailures", "at most 20 (use temp_fail_intervals for longer schedules)"));
+            return Err(f.invalid(
+                "main",
+                "maxTempFailures",
+                "at most 20 (use temp_fail_intervals for longer schedules)",
+            ));
         }
         let max_temp_failures = max_temp_failures as u32;
         let intervals = f.get("main", "temp_fail_intervals").filter(|s| !s.is_empty());
@@ -113,6 +119,7 @@ impl OutboundConfig {
             max_connections_per_mx: per_mx as usize,
             pool_idle_timeout: Duration::from_secs(f.u64("main", "pool_idle_timeout", 30)?),
             reply_timeout: Duration::from_secs(f.u64("main", "reply_timeout", 300)?.max(1)),
+            no_tls_hosts: Vec::new(),
             mx_port: match f.u64("main", "mx_port", 25)? {
                 p @ 1..=65535 => p as u16,
                 _ => return Err(f.invalid("main", "mx_port", "not a TCP port")),
