@@ -171,3 +171,25 @@ fn send_until_error(
     }
     sent
 }
+
+/// A second daemon on the same queue dir would delete the first one's temp files: it is
+/// refused at start with a clear message.
+#[test]
+fn a_second_process_on_the_same_queue_is_refused() {
+    let (_root, cfg, _queue) = setup();
+    let port = free_port();
+    let _d = spawn_daemon(&cfg, port);
+    std::fs::write(
+        cfg.join("smtp.ini"),
+        format!("[main]\nlisten=127.0.0.1:{}\n", free_port()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_posta"))
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another posta process"), "{err}");
+}

@@ -61,7 +61,16 @@ impl Actor for ConnectionActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         inc(&metrics().connection.started);
         if let Some(driver) = self.driver.take() {
-            ctx.spawn(driver.run().into_actor(self).map(|_, _, ctx| ctx.stop()));
+            // Everything the session does runs inside this boundary: a panic anywhere in it
+            // ends this connection only (the session's own panics are answered 421 inside).
+            let fut = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(driver.run()));
+            ctx.spawn(fut.into_actor(self).map(|res, _, ctx| {
+                if res.is_err() {
+                    inc(&metrics().connection.panics);
+                    tracing::error!("panic in a connection, connection dropped");
+                }
+                ctx.stop()
+            }));
         }
     }
 

@@ -112,6 +112,9 @@ impl QueueManager {
         let Some(due) = self.wheel.next_due() else {
             return;
         };
+        if self.disabled {
+            return; // nothing is started; no timer needed
+        }
         if self.in_flight.len() >= self.concurrency {
             return; // a Finished message will pump again
         }
@@ -146,7 +149,10 @@ impl Handler<Enqueue> for QueueManager {
     fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
         let now = now_ms();
         for name in msg.0 {
-            self.wheel.insert(now, name);
+            // The start-up scan may already have picked it up and started it.
+            if !self.in_flight.contains(&name) {
+                self.wheel.insert(now, name);
+            }
         }
         self.pump(ctx);
     }

@@ -154,8 +154,14 @@ impl Handler<Deliver> for RemoteMx {
             idle: self.idle.clone(),
         };
         let slots = self.slots.clone();
+        let wait = self.settings.outbound.reply_timeout;
         Box::pin(async move {
-            let _permit = slots.acquire_owned().await.map_err(|_| ClientError::Aborted)?;
+            // Waiting for a session slot is bounded too: a stuck MX must not hold every
+            // delivery slot of the queue.
+            let permit = tokio::time::timeout(wait, slots.acquire_owned()).await;
+            let Ok(Ok(_permit)) = permit else {
+                return Err(ClientError::Timeout);
+            };
             job.deliver(msg).await
         })
     }
@@ -231,7 +237,7 @@ impl Job {
             conn.session.quit();
             actix_rt::spawn(async move {
                 if let ClientAction::Send(b) = conn.session.next_action() {
-                    let _ = conn.stream.write_all(&b).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), conn.stream.write_all(&b)).await;
                 }
             });
         }
@@ -291,7 +297,8 @@ impl Job {
         loop {
             match conn.session.next_action() {
                 ClientAction::Send(b) => {
-                    if conn.stream.write_all(&b).await.is_err() {
+                    let limit = self.settings.outbound.reply_timeout;
+                    if !matches!(tokio::time::timeout(limit, conn.stream.write_all(&b)).await, Ok(Ok(()))) {
                         conn.session.peer_closed();
                     }
                 }
@@ -299,8 +306,13 @@ impl Job {
                 ClientAction::StartTls => self.start_tls(conn).await,
                 ClientAction::Ready => return Ok(None),
                 ClientAction::SendBody => {
+                    // A peer that stops reading (zero window) must not hold the delivery.
+                    let limit = self.settings.outbound.reply_timeout;
                     let ok = match body {
-                        Some(b) => send_body(&mut conn.stream, b).await.is_ok(),
+                        Some(b) => matches!(
+                            tokio::time::timeout(limit, send_body(&mut conn.stream, b)).await,
+                            Ok(Ok(()))
+                        ),
                         None => false,
                     };
                     if ok {

@@ -102,19 +102,27 @@ pub fn rewrite(dir: &Path, item: &QueueItem, todo: &Todo, attempts: u32, next_ms
     n.counter = (n.counter + 5000) % 10_000;
     let new = n.to_string();
     let tmp = dir.join(format!("{TMP_PREFIX}{new}"));
-    let result = (|| {
+    let written = (|| {
         let mut out = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         out.write_all(&encode_header(todo))?;
         io::copy(&mut open_body(item)?, &mut out)?;
         out.sync_data()?;
-        fs::rename(&tmp, dir.join(&new))?;
-        fs::remove_file(&item.path)?;
-        File::open(dir)?.sync_all()
+        fs::rename(&tmp, dir.join(&new))
     })();
-    if result.is_err() {
+    if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    result.map(|_| new)
+    // The rename is the commit point: from here the new file is the item. A failure to drop
+    // the old one or to sync the directory is logged, not returned (the old file would then be
+    // retried as if nothing had happened, beside an untracked new one).
+    if let Err(e) = fs::remove_file(&item.path) {
+        tracing::error!(file = %item.name, error = %e, "cannot remove the rewritten queue file's old copy");
+    }
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::error!(dir = %dir.display(), error = %e, "directory fsync after a rewrite failed");
+    }
+    Ok(new)
 }
 
 /// Delete a finished item.
@@ -148,7 +156,7 @@ pub fn scan(dir: &Path) -> io::Result<ScanResult> {
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(TMP_PREFIX) || name.starts_with("error.") {
+        if name.starts_with(TMP_PREFIX) || name.starts_with("error.") || name.starts_with('.') {
             continue;
         }
         match QueueName::parse(&name) {

@@ -23,6 +23,9 @@ use crate::protocol::session::CommitError;
 /// Prefix of files being written; such files are removed at start (Haraka does the same).
 pub const TMP_PREFIX: &str = "__tmp__.";
 
+/// The lock file that keeps a second process out of a queue dir.
+pub const LOCK_FILE: &str = ".lock";
+
 /// The transaction note that marks a DSN posta generated (routes may claim it).
 pub const BOUNCE_NOTE: &str = "bounce";
 
@@ -64,12 +67,31 @@ pub struct Spool {
     free_seq: std::sync::atomic::AtomicU64,
     /// `outbound.ini always_split`: one queue file per recipient.
     always_split: bool,
+    /// Held for the life of the spool: the `.lock` file's exclusive lock.
+    _lock: File,
 }
 
 impl Spool {
     /// Open (create) the queue directory and remove temp files left by a crash.
     pub fn open(dir: &Path, me: &str, no_fsync: bool) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
+        // One process per queue dir: a second one would delete the first one's temp files
+        // and share its recycled files.
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "the queue directory is in use by another posta process",
+                ))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
         let (removed, free) = remove_temp_files(dir)?;
         if removed > 0 {
             tracing::info!(dir = %dir.display(), removed, "removed temp files left by an interrupted write");
@@ -92,6 +114,7 @@ impl Spool {
             free: Mutex::new(free),
             free_seq: std::sync::atomic::AtomicU64::new(0),
             always_split: false,
+            _lock: lock,
         })
     }
 
@@ -201,9 +224,11 @@ impl Spool {
             };
         }
         let n = self.free_seq.fetch_add(1, Ordering::Relaxed);
-        let dest = self
-            .dir
-            .join(format!("{TMP_PREFIX}{FREE_MARK}{}.{n}", std::process::id()));
+        let dest = self.dir.join(format!(
+            "{TMP_PREFIX}{FREE_MARK}{}.{}.{n}",
+            std::process::id(),
+            self.uid
+        ));
         match fs::rename(path, &dest) {
             Ok(()) => {
                 free.push(dest);

@@ -46,7 +46,11 @@ pub fn queue_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
-    v.retain(|p| !p.file_name().unwrap().to_string_lossy().starts_with("__tmp__"));
+    // Temp files and the `.lock` file are not queue items.
+    v.retain(|p| {
+        let n = p.file_name().unwrap().to_string_lossy();
+        !n.starts_with("__tmp__") && !n.starts_with('.')
+    });
     v.retain(|p| p.is_file());
     v.sort();
     v
