@@ -158,18 +158,30 @@ enum QueueCmd {
     },
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,posta=info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// Set up logging from the config dir's `log.ini`/`loglevel` (`POSTA_LOG` overrides the level).
+/// `run` stops on a bad value; `check-config` reports it itself (so here it falls back to the
+/// defaults), and so do the offline queue tools.
+fn init_logging(cmd: &Cmd) -> Result<(), String> {
+    let (dir, strict) = match cmd {
+        Cmd::Run { config } => (Some(config.as_path()), true),
+        Cmd::CheckConfig { config } => (Some(config.as_path()), false),
+        Cmd::Queue(args) => (args.config.as_deref(), false),
+    };
+    let settings = match dir.map(posta::logging::load) {
+        None => posta::logging::LogSettings::default(),
+        Some(Ok(s)) => s,
+        Some(Err(e)) if strict => return Err(format!("config error: {e}")),
+        Some(Err(_)) => posta::logging::LogSettings::default(),
+    };
+    posta::logging::init(&settings);
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if let Err(e) = init_logging(&cli.command) {
+        return fail(&e);
+    }
     let registry = PluginRegistry::builtin();
     match cli.command {
         Cmd::Run { config } => {
@@ -182,7 +194,10 @@ fn main() -> ExitCode {
                 Err(e) => fail(&format!("cannot start: {e}")),
             }
         }
-        Cmd::CheckConfig { config } => match Config::load(&config).and_then(|c| registry.build(&c).map(|_| c)) {
+        Cmd::CheckConfig { config } => match Config::load(&config)
+            .and_then(|c| posta::logging::load(&config).map(|_| c))
+            .and_then(|c| registry.build(&c).map(|_| c))
+        {
             Ok(c) => {
                 println!(
                     "config {} OK: {} plugin(s), listen {:?}",

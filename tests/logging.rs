@@ -1,0 +1,148 @@
+//! `log.ini` end to end: the real binary, its stderr, without `POSTA_LOG`.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A config dir listening on `port` with the given `log.ini`.
+fn config_dir(port: u16, log_ini: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path();
+    let smtp = format!("[main]\nlisten=127.0.0.1:{port}\nnodes=1\nforce_shutdown_timeout=5\n");
+    std::fs::write(cfg.join("smtp.ini"), smtp).unwrap();
+    std::fs::write(cfg.join("host_list"), "example.com\n").unwrap();
+    std::fs::write(cfg.join("plugins"), "rcpt_to.in_host_list\n").unwrap();
+    std::fs::write(cfg.join("outbound.ini"), "[main]\ndisabled=true\n").unwrap();
+    std::fs::write(cfg.join("queue_dir"), cfg.join("queue").display().to_string()).unwrap();
+    std::fs::write(cfg.join("log.ini"), log_ini).unwrap();
+    dir
+}
+
+/// `posta <cmd> -c <cfg>` without `POSTA_LOG`, stderr captured by a reader thread.
+fn spawn(cmd: &str, cfg: &Path) -> (Child, JoinHandle<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_posta"))
+        .args([cmd, "-c"])
+        .arg(cfg)
+        .env_remove("POSTA_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn posta");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    (child, reader)
+}
+
+/// Wait (bounded) for the child to exit; kill it if it does not.
+fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("posta did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Start the daemon, wait until it listens, SIGTERM it; its exit status and stderr.
+fn run_and_stop(log_ini: &str) -> (ExitStatus, String, SocketAddr) {
+    let port = free_port();
+    let dir = config_dir(port, log_ini);
+    let (mut child, reader) = spawn("run", dir.path());
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("posta exited early ({status}): {}", reader.join().unwrap());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("posta did not listen on {addr}: {}", reader.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    (status, reader.join().unwrap(), addr)
+}
+
+#[test]
+fn json_format_every_line_is_json() {
+    let (status, stderr, addr) = run_and_stop("[main]\nformat=json\nlevel=info\n");
+    assert!(status.success(), "{status}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "no log lines");
+    let mut listening = false;
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{stderr}"));
+        assert!(v.get("level").is_some() && v.get("message").is_some(), "{line}");
+        assert!(v.get("timestamp").is_none(), "timestamps are off by default: {line}");
+        if v["message"] == "posta listening" {
+            assert_eq!(v["listen"], addr.to_string(), "{line}");
+            listening = true;
+        }
+    }
+    assert!(listening, "no startup line naming {addr}:\n{stderr}");
+}
+
+#[test]
+fn default_format_with_timestamps() {
+    let (status, stderr, addr) = run_and_stop("[main]\nformat=default\ntimestamps=true\n");
+    assert!(status.success(), "{status}: {stderr}");
+    let start = stderr
+        .lines()
+        .find(|l| l.contains("posta listening"))
+        .unwrap_or_else(|| panic!("no startup line:\n{stderr}"));
+    assert!(start.contains(&addr.to_string()), "{start}");
+    // RFC 3339 UTC: 2024-05-01T12:34:56.123456Z
+    let ts = start.split_whitespace().next().unwrap();
+    let b = ts.as_bytes();
+    assert!(
+        ts.ends_with('Z') && b.len() > 20 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':',
+        "no leading timestamp: {start}"
+    );
+    assert!(stderr
+        .lines()
+        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err()));
+}
+
+#[test]
+fn bad_level_stops_start_up() {
+    let port = free_port();
+    let dir = config_dir(port, "[main]\nlevel=loud\n");
+    for cmd in ["run", "check-config"] {
+        let (mut child, reader) = spawn(cmd, dir.path());
+        let status = wait_exit(&mut child, Duration::from_secs(20));
+        let stderr = reader.join().unwrap();
+        assert!(!status.success(), "{cmd}: {status}: {stderr}");
+        assert!(
+            stderr.contains("log.ini") && stderr.contains("[main] level") && stderr.contains("loud"),
+            "{cmd}: {stderr}"
+        );
+    }
+    assert!(TcpListener::bind(("127.0.0.1", port)).is_ok(), "port was bound");
+}
