@@ -14,7 +14,7 @@ use crate::actors::listener::Listener;
 use crate::actors::queue_file::DeliveryCtx;
 use crate::actors::queue_manager::QueueManager;
 use crate::actors::resolver::Resolver;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, IniFile};
 use crate::hooks::PluginRegistry;
 use crate::queue::Spool;
 
@@ -37,6 +37,9 @@ pub struct Prepared {
     /// For each worker, its sockets (one per listen address).
     sockets: Vec<Vec<std::net::TcpListener>>,
     pub local_addrs: Vec<SocketAddr>,
+    /// The bound metrics endpoint (`metrics.ini [main] listen`), if configured.
+    metrics: Option<std::net::TcpListener>,
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Validate and bind (no threads started yet).
@@ -72,12 +75,70 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
         }
         local_addrs.push(addr);
     }
+    let (metrics, metrics_addr) = match metrics_listen(&cfg.dir)? {
+        Some(want) => {
+            // Named after its config key: the SMTP listen errors look alike otherwise.
+            let cannot = |e: std::io::Error| {
+                ConfigError::new(
+                    "metrics.ini",
+                    Some("[main] listen".into()),
+                    format!("cannot listen on {want}: {e}"),
+                )
+            };
+            let l = bind_metrics(want).map_err(cannot)?;
+            let addr = l.local_addr().map_err(cannot)?;
+            (Some(l), Some(addr))
+        }
+        None => (None, None),
+    };
     Ok(Prepared {
         shared,
         cfg: cfg.clone(),
         sockets,
         local_addrs,
+        metrics,
+        metrics_addr,
     })
+}
+
+/// `metrics.ini [main] listen`: where to serve `GET /metrics` (empty: nowhere). Loopback only
+/// unless `[main] allow_remote=true`. `port` alone means `127.0.0.1:port`.
+fn metrics_listen(dir: &std::path::Path) -> Result<Option<SocketAddr>, ConfigError> {
+    let f = IniFile::load(dir, "metrics.ini")?;
+    let allow_remote = f.bool("main", "allow_remote", false)?;
+    let raw = f.string("main", "listen", "");
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let addr = if let Ok(port) = raw.parse::<u16>() {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    } else if let Some(port) = raw.strip_prefix("localhost:").and_then(|p| p.parse::<u16>().ok()) {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    } else {
+        raw.parse::<SocketAddr>().map_err(|_| {
+            f.invalid(
+                "main",
+                "listen",
+                format!("'{raw}' is not an address (expected ip:port, [ipv6]:port, localhost:port or port)"),
+            )
+        })?
+    };
+    if !addr.ip().to_canonical().is_loopback() && !allow_remote {
+        return Err(f.invalid(
+            "main",
+            "listen",
+            format!("{addr} is not a loopback address; set [main] allow_remote=true to expose metrics remotely"),
+        ));
+    }
+    Ok(Some(addr))
+}
+
+/// The metrics socket: a plain bind (no `SO_REUSEPORT`, a second daemon must not share it).
+fn bind_metrics(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -99,7 +160,15 @@ impl Prepared {
     pub fn start_workers(self) -> Vec<Arbiter> {
         let delivery = Arbiter::new();
         let queue = start_delivery(&delivery, &self.cfg, &self.shared);
-        let _ = self.shared.queue.set(queue);
+        let _ = self.shared.queue.set(queue.clone());
+        if let Some(socket) = self.metrics {
+            delivery.spawn(async move {
+                match tokio::net::TcpListener::from_std(socket) {
+                    Ok(l) => crate::actors::metrics_http::serve(l, Some(queue)).await,
+                    Err(e) => tracing::error!(error = %e, "metrics endpoint: cannot use the socket"),
+                }
+            });
+        }
         let mut arbiters = vec![delivery];
         for worker in self.sockets {
             let arbiter = Arbiter::new();
@@ -147,6 +216,7 @@ fn start_delivery(arbiter: &Arbiter, cfg: &Config, shared: &Arc<Shared>) -> Addr
 /// A daemon running on its own thread (tests and embedding).
 pub struct RunningServer {
     pub local_addrs: Vec<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     queue: Option<Addr<QueueManager>>,
     system: System,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -156,6 +226,11 @@ impl RunningServer {
     /// The first listen address.
     pub fn addr(&self) -> SocketAddr {
         self.local_addrs[0]
+    }
+
+    /// Where `GET /metrics` is served, when `metrics.ini [main] listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Retry every queued item now (what SIGUSR1 does).
@@ -198,6 +273,7 @@ impl Drop for RunningServer {
 pub fn start(cfg: &Config, registry: &PluginRegistry) -> Result<RunningServer, StartError> {
     let prepared = prepare(cfg, registry)?;
     let local_addrs = prepared.local_addrs.clone();
+    let metrics_addr = prepared.metrics_addr;
     let shared = prepared.shared.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
@@ -211,6 +287,7 @@ pub fn start(cfg: &Config, registry: &PluginRegistry) -> Result<RunningServer, S
     let (system, _arbiters) = rx.recv().expect("server thread started");
     Ok(RunningServer {
         local_addrs,
+        metrics_addr,
         queue: shared.queue.get().cloned(),
         system,
         thread: Some(thread),
@@ -222,6 +299,9 @@ pub fn run(cfg: &Config, registry: &PluginRegistry) -> Result<(), StartError> {
     let prepared = prepare(cfg, registry)?;
     for a in &prepared.local_addrs {
         tracing::info!(listen = %a, workers = cfg.smtp.nodes, queue = %cfg.queue_dir.display(), "posta listening");
+    }
+    if let Some(a) = prepared.metrics_addr {
+        tracing::info!(listen = %a, "metrics endpoint: GET /metrics");
     }
     let sys = System::new();
     let shared = prepared.shared.clone();

@@ -3,6 +3,7 @@
 pub mod connection;
 pub mod delivery_supervisor;
 pub mod listener;
+pub mod metrics_http;
 pub mod queue_file;
 pub mod queue_manager;
 pub mod remote_mx;
