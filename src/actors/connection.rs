@@ -50,6 +50,7 @@ impl ConnectionActor {
                 shared,
                 txn: None,
                 greeted: false,
+                started: std::time::Instant::now(),
             }),
         }
     }
@@ -61,9 +62,14 @@ impl Actor for ConnectionActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         inc(&metrics().connection.started);
         if let Some(driver) = self.driver.take() {
+            // Every log line of this connection carries its uuid (Haraka's connection uuid;
+            // transactions are `<uuid>.<n>`), so one grep finds a whole session.
+            let conn = driver.session.conn();
+            let span = tracing::info_span!("conn", uuid = %conn.uuid, ip = %conn.remote.ip);
+            let run = tracing::Instrument::instrument(driver.run(), span);
             // Everything the session does runs inside this boundary: a panic anywhere in it
             // ends this connection only (the session's own panics are answered 421 inside).
-            let fut = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(driver.run()));
+            let fut = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run));
             ctx.spawn(fut.into_actor(self).map(|res, _, ctx| {
                 if res.is_err() {
                     inc(&metrics().connection.panics);
@@ -91,6 +97,7 @@ struct Driver {
     shared: Arc<Shared>,
     txn: Option<Addr<TransactionActor>>,
     greeted: bool,
+    started: std::time::Instant,
 }
 
 impl Driver {
@@ -259,5 +266,24 @@ impl Driver {
         self.txn = None;
         self.flush().await;
         let _ = self.stream.shutdown().await;
+        self.summary();
+    }
+
+    /// One line per connection, with what Haraka's disconnect line carries.
+    fn summary(&self) {
+        let c = self.session.conn();
+        tracing::info!(
+            helo = c.hello.as_ref().map(|h| h.host.as_str()).unwrap_or(""),
+            relay = c.relaying,
+            early = c.early_talker,
+            esmtp = c.esmtp(),
+            tls = c.tls,
+            pipe = c.pipelining,
+            errors = c.errors,
+            txns = c.tran_count,
+            msgs = c.msgs_accepted,
+            time_ms = self.started.elapsed().as_millis() as u64,
+            "disconnect"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The actors: thin shells that own state and move messages between the plain types.
 
 pub mod connection;
+pub mod control;
 pub mod delivery_supervisor;
 pub mod listener;
 pub mod metrics_http;

@@ -558,7 +558,7 @@ fn record_outcomes(ok: usize, temp: usize, perm: usize) {
 
 async fn delivered_hook(cx: &DeliveryCtx, item: &mut QueueItem, ok: &[TodoAddress], h: HandOver) {
     let delay = now_ms().saturating_sub(item.todo.queue_time) as f64 / 1000.0;
-    tracing::info!(file = %item.name, host = %h.host, ip = %h.ip, recipients = ok.len(), delay, mode = h.mode, "delivered");
+    tracing::info!(uuid = %item.todo.uuid, file = %item.name, host = %h.host, ip = %h.ip, recipients = ok.len(), delay, mode = h.mode, response = %h.response, "delivered");
     let d = Delivery {
         host: h.host,
         ip: h.ip,
@@ -577,7 +577,7 @@ async fn delivered_hook(cx: &DeliveryCtx, item: &mut QueueItem, ok: &[TodoAddres
 /// queued (the original then stays).
 async fn bounce(cx: &DeliveryCtx, item: &mut QueueItem, perm: &[(TodoAddress, Reason)]) -> bool {
     let err = perm.first().map(|(_, r)| r.text()).unwrap_or_default();
-    tracing::warn!(file = %item.name, recipients = perm.len(), reason = %err, "bounced");
+    tracing::warn!(uuid = %item.todo.uuid, file = %item.name, recipients = perm.len(), reason = %err, "bounced");
     let bounced: Vec<TodoAddress> = perm.iter().map(|(a, _)| a.clone()).collect();
     let r = hook(cx, item, OutboundHook::Bounce { err, bounced }).await;
     if r.outcome != Outcome::Cont || dsn::is_null_sender(&item.todo.mail_from) {
@@ -696,7 +696,7 @@ async fn defer(cx: &DeliveryCtx, mut item: QueueItem, temp: Vec<(TodoAddress, Re
         .unwrap_or(60)
         .max(1);
     let err = temp.first().map(|(_, r)| r.text()).unwrap_or_default();
-    tracing::info!(file = %item.name, recipients = temp.len(), delay, reason = %err, "deferred");
+    tracing::info!(uuid = %item.todo.uuid, file = %item.name, recipients = temp.len(), delay, reason = %err, "deferred");
     let r = hook(cx, &mut item, OutboundHook::Deferred { delay, err }).await;
     let delay = match r.outcome {
         Outcome::Ok => {

@@ -21,7 +21,7 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::file::{QueueName, Todo, TodoAddress};
 use super::item::{self, LoadError, QueueItem, ERROR_DIR};
@@ -83,7 +83,7 @@ impl InspectError {
 type Result<T> = std::result::Result<T, InspectError>;
 
 /// One recipient of an item, with what the last delivery attempt left on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RcptInfo {
     /// Without angle brackets.
     pub address: String,
@@ -125,7 +125,7 @@ impl RcptInfo {
 }
 
 /// A queue item as `list` shows it (from its file name and header).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemSummary {
     /// The file name.
     pub id: String,
@@ -172,7 +172,7 @@ impl ItemSummary {
 }
 
 /// One line of `list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Entry {
     Item(ItemSummary),
@@ -367,7 +367,7 @@ pub fn list(dir: &Path, filter: &Filter, held: bool, now_ms: u64) -> Result<Vec<
 }
 
 /// One row of `stat`: a destination domain (or the total) with its items per age bucket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatRow {
     pub domain: String,
     pub total: u64,
@@ -391,7 +391,7 @@ impl StatRow {
 }
 
 /// Counts of the queue by destination domain and age (like Postfix's qshape).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stat {
     pub queue_dir: String,
     /// The bucket labels (`5m` = younger than 5 minutes, `10m` = 5 to 10 minutes, …).
