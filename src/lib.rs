@@ -15,3 +15,4 @@ pub mod plugins;
 pub mod protocol;
 pub mod queue;
 pub mod server;
+pub mod top;

@@ -33,18 +33,21 @@ enum Cmd {
         #[arg(short, long, default_value = "config")]
         config: PathBuf,
     },
-    /// Inspect and change the queue offline (daemon stopped, or a Haraka queue dir).
+    /// Inspect and change the queue: through a running daemon's control socket, or offline.
     #[command(long_about = QUEUE_ABOUT)]
     Queue(QueueArgs),
+    /// Live view of a running daemon's metrics endpoint (like top); --once prints one table.
+    Top(posta::top::TopArgs),
 }
 
 const QUEUE_ABOUT: &str = "\
-Inspect and change the queue OFFLINE: these commands read and rename the files of the queue \
-directory themselves. Stop the daemon first (or work on a copy, or on a Haraka 3.x queue dir): \
-a running daemon keeps its own index of the queue and does not see renames done here.
+Inspect and change the queue. When a daemon runs on the queue directory, list, stat, flush, \
+delete, hold and release go through its control socket (<queue>/.control): it applies them to \
+its own index, and refuses to delete or hold an item it is delivering at that moment.
 
-Talking to a running daemon (online mode) is not implemented yet. To make a running daemon \
-retry its whole queue now, send it SIGUSR1.
+Otherwise (no daemon, a copy, or a Haraka 3.x queue dir) the commands read and rename the files \
+of the queue directory themselves. inspect always reads the files; bounce works offline only \
+(stop the daemon first).
 
 The queue dir is found as the daemon finds it (`queue_dir` in the config dir, default \
 <config>/../queue), or given with --queue-dir.";
@@ -166,6 +169,7 @@ fn init_logging(cmd: &Cmd) -> Result<(), String> {
         Cmd::Run { config } => (Some(config.as_path()), true),
         Cmd::CheckConfig { config } => (Some(config.as_path()), false),
         Cmd::Queue(args) => (args.config.as_deref(), false),
+        Cmd::Top(_) => (None, false),
     };
     let settings = match dir.map(posta::logging::load) {
         None => posta::logging::LogSettings::default(),
@@ -210,6 +214,10 @@ fn main() -> ExitCode {
             Err(e) => fail(&format!("config error: {e}")),
         },
         Cmd::Queue(args) => queue_cmd(args),
+        Cmd::Top(args) => match posta::top::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e.to_string()),
+        },
     }
 }
 
@@ -237,11 +245,14 @@ fn queue_cmd(args: QueueArgs) -> ExitCode {
         return fail(&e.to_string());
     }
     let now = posta::hooks::state::now_ms();
+    if let Some(code) = queue_online(&dir, &args.cmd, now) {
+        return code;
+    }
     match args.cmd {
         QueueCmd::List { filter, held, json } => match inspect::list(&dir, &filter.filter(), held, now) {
             Ok(entries) if json => print_json(&entries),
             Ok(entries) => {
-                print_list(&entries, held, !filter.is_empty(), now);
+                print_list(&entries, held, !filter.is_empty(), now, &[]);
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e.to_string()),
@@ -340,6 +351,128 @@ fn queue_cmd(args: QueueArgs) -> ExitCode {
     }
 }
 
+/// With a daemon running on the queue dir, send the command over its control socket and print
+/// what it did, as the offline code would. `None`: no daemon answers; work on the files.
+fn queue_online(dir: &std::path::Path, cmd: &QueueCmd, now: u64) -> Option<ExitCode> {
+    use posta::actors::control::{self, ControlRequest as Req};
+    let list_req = |f: &FilterArgs, held: bool| Req::List {
+        held,
+        domain: f.domain.clone(),
+        sender: f.sender.clone(),
+        older_than_ms: f.older_than,
+    };
+    let req = match cmd {
+        QueueCmd::List { filter, held, .. } => list_req(filter, *held),
+        QueueCmd::Stat { .. } => Req::Stat,
+        // Bad combinations: the offline code reports them before touching anything.
+        QueueCmd::Flush { ids, filter } if ids.is_empty() || filter.is_empty() => Req::Flush {
+            ids: ids.clone(),
+            domain: filter.domain.clone(),
+            sender: filter.sender.clone(),
+            older_than_ms: filter.older_than,
+        },
+        QueueCmd::Delete { all: true, filter, .. } => list_req(filter, false),
+        QueueCmd::Delete { ids, filter, .. } if filter.is_empty() => Req::Delete { ids: ids.clone() },
+        QueueCmd::Hold { ids } => Req::Hold { ids: ids.clone() },
+        QueueCmd::Release { ids } => Req::Release { ids: ids.clone() },
+        QueueCmd::Bounce { .. } => {
+            return control::daemon_listening(dir).then(|| {
+                fail(
+                    "bounce works offline only, and a daemon is running on this queue (it holds <queue>/.lock); \
+                     stop the daemon first, or use delete to drop the item without a report",
+                )
+            })
+        }
+        _ => return None,
+    };
+    let resp = match control::request(dir, &req)? {
+        Ok(r) => r,
+        Err(e) => return Some(fail(&e)),
+    };
+    // Print each item's line or error; how many succeeded.
+    let results = |results: &[control::IdResult], code: &mut ExitCode| {
+        let mut done = 0;
+        for r in results {
+            match (&r.ok, &r.error) {
+                (Some(line), _) => {
+                    println!("{line}");
+                    done += 1;
+                }
+                (None, e) => *code = fail(e.as_deref().unwrap_or("failed")),
+            }
+        }
+        done
+    };
+    let mut code = ExitCode::SUCCESS;
+    match cmd {
+        QueueCmd::List { filter, held, json } => {
+            let entries = resp.entries.unwrap_or_default();
+            if !*json {
+                print_list(&entries, *held, !filter.is_empty(), now, &resp.in_flight);
+                return Some(code);
+            }
+            let mut v = serde_json::to_value(&entries).unwrap_or_default();
+            for o in v.as_array_mut().into_iter().flatten().filter_map(|o| o.as_object_mut()) {
+                let id = o.get("id").and_then(|i| i.as_str()).unwrap_or_default().to_string();
+                o.insert("in_flight".into(), resp.in_flight.contains(&id).into());
+            }
+            Some(print_json(&v))
+        }
+        QueueCmd::Stat { json } => {
+            let stat = resp.stat?;
+            let (waiting, delivering) = (resp.waiting.unwrap_or(0), resp.delivering.unwrap_or(0));
+            if *json {
+                let mut v = serde_json::to_value(&stat).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("waiting".into(), waiting.into());
+                    o.insert("in_flight".into(), delivering.into());
+                }
+                return Some(print_json(&v));
+            }
+            print_stat(&stat);
+            println!("daemon: {waiting} waiting, {delivering} in flight");
+            Some(code)
+        }
+        QueueCmd::Flush { ids, filter } => {
+            if ids.is_empty() && filter.is_empty() {
+                let (waiting, delivering) = (resp.waiting.unwrap_or(0), resp.delivering.unwrap_or(0));
+                println!("{waiting} item(s) due now, {delivering} in flight (retried at once if deferred)");
+                return Some(code);
+            }
+            let done = results(&resp.results, &mut code);
+            if ids.is_empty() {
+                println!("{done} item(s) due now");
+            }
+            Some(code)
+        }
+        QueueCmd::Delete { all: true, .. } => {
+            let ids: Vec<String> = resp
+                .entries
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|e| match e {
+                    inspect::Entry::Item(s) => Some(s.id),
+                    inspect::Entry::Corrupt { .. } => None,
+                })
+                .collect();
+            let mut done = 0;
+            if !ids.is_empty() {
+                match control::request(dir, &Req::Delete { ids }) {
+                    Some(Ok(r)) => done = results(&r.results, &mut code),
+                    Some(Err(e)) => return Some(fail(&e)),
+                    None => return Some(fail("the daemon stopped answering; nothing deleted")),
+                }
+            }
+            println!("{done} item(s) deleted");
+            Some(code)
+        }
+        _ => {
+            results(&resp.results, &mut code);
+            Some(code)
+        }
+    }
+}
+
 /// Run `f` for each id; print what it did, or the error (exit code 1 if any failed).
 fn each_id(ids: &[String], f: impl Fn(&str) -> Result<String, inspect::InspectError>) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
@@ -382,7 +515,8 @@ fn angle(a: &str) -> String {
     format!("<{a}>")
 }
 
-fn print_list(entries: &[inspect::Entry], held: bool, filtered: bool, now: u64) {
+/// `in_flight`: ids the daemon is delivering now (their NEXT is `in flight`).
+fn print_list(entries: &[inspect::Entry], held: bool, filtered: bool, now: u64, in_flight: &[String]) {
     if entries.is_empty() {
         println!(
             "{}",
@@ -404,6 +538,8 @@ fn print_list(entries: &[inspect::Entry], held: bool, filtered: bool, now: u64) 
                 s.attempts.to_string(),
                 if held {
                     "held".to_string()
+                } else if in_flight.contains(&s.id) {
+                    "in flight".to_string()
                 } else {
                     inspect::fmt_next(s.next_attempt_ms, now)
                 },

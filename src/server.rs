@@ -161,6 +161,7 @@ impl Prepared {
         let delivery = Arbiter::new();
         let queue = start_delivery(&delivery, &self.cfg, &self.shared);
         let _ = self.shared.queue.set(queue.clone());
+        crate::actors::control::start(&delivery, &self.cfg.queue_dir, queue.clone());
         if let Some(socket) = self.metrics {
             delivery.spawn(async move {
                 match tokio::net::TcpListener::from_std(socket) {
@@ -306,6 +307,7 @@ pub fn run(cfg: &Config, registry: &PluginRegistry) -> Result<(), StartError> {
     let sys = System::new();
     let shared = prepared.shared.clone();
     let force_timeout = cfg.smtp.force_shutdown_timeout;
+    let queue_dir = cfg.queue_dir.clone();
     sys.block_on(async move {
         let _arbiters = prepared.start_workers();
         // One SIGTERM stream for the whole run, so a second signal is never missed.
@@ -316,6 +318,8 @@ pub fn run(cfg: &Config, registry: &PluginRegistry) -> Result<(), StartError> {
         wait_for_signal(shared.clone(), &mut term).await;
         tracing::info!("shutting down: no new connections, sessions finishing");
         graceful_stop(&shared, force_timeout, &mut term).await;
+        // While the queue lock is still held: never a newer daemon's socket.
+        crate::actors::control::remove_socket(&queue_dir);
         System::current().stop();
     });
     let _ = sys.run();
@@ -365,7 +369,12 @@ async fn graceful_stop(shared: &Shared, limit: std::time::Duration, term: &mut S
 /// SIGTERM/SIGINT stop; SIGUSR1 retries the whole queue now.
 async fn wait_for_signal(shared: Arc<Shared>, term: &mut Signal) {
     let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        return std::future::pending().await;
+        tracing::error!("cannot install the SIGUSR1 handler; queue flush by signal is off");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        return;
     };
     loop {
         tokio::select! {

@@ -397,6 +397,11 @@ pub fn request(queue_dir: &Path, req: &ControlRequest) -> Option<Result<ControlR
     Some(exchange(stream, req).map_err(|e| format!("control socket {}: {e}", path.display())))
 }
 
+/// True when a daemon accepts connections on `queue_dir`'s control socket.
+pub fn daemon_listening(queue_dir: &Path) -> bool {
+    StdUnixStream::connect(socket_path(queue_dir)).is_ok()
+}
+
 fn exchange(mut stream: StdUnixStream, req: &ControlRequest) -> Result<ControlResponse, String> {
     stream
         .set_read_timeout(Some(CLIENT_TIMEOUT))
@@ -404,7 +409,9 @@ fn exchange(mut stream: StdUnixStream, req: &ControlRequest) -> Result<ControlRe
         .map_err(|e| e.to_string())?;
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(|e| format!("cannot send the request: {e}"))?;
+    stream
+        .write_all(&line)
+        .map_err(|e| format!("cannot send the request: {e}"))?;
     let mut answer = String::new();
     BufReader::new(stream)
         .read_line(&mut answer)
@@ -487,7 +494,10 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert!(StdUnixStream::connect(&path).is_ok());
         // Only the socket is left: no temporary name.
-        let names: Vec<_> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, [std::ffi::OsString::from(SOCKET_NAME)]);
     }
 }

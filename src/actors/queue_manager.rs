@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use super::control::IdResult;
 use super::delivery_supervisor::{DeliverItem, DeliverySupervisor};
 use crate::hooks::state::now_ms;
 use crate::metrics::{inc, metrics};
+use crate::queue::file::QueueName;
+use crate::queue::inspect::{self, InspectError};
 use crate::queue::item;
 use crate::queue::timer_wheel::TimerWheel;
 
@@ -42,6 +45,44 @@ pub struct Counts;
 pub struct QueueCounts {
     pub waiting: usize,
     pub in_flight: usize,
+}
+
+/// Where the daemon has these items (ids are queue file names), in order (control socket:
+/// `posta queue list`).
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<ItemState>")]
+pub struct Lookup(pub Vec<String>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemState {
+    /// In the timer wheel, due at this time (ms).
+    Waiting(u64),
+    /// Being delivered.
+    InFlight,
+    /// Neither (held, just renamed, or put there behind the daemon's back).
+    Unknown,
+}
+
+/// An operator's change to queued items (control socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlOp {
+    /// Due now in the timer wheel (the file keeps its name); an item being delivered is retried
+    /// at once if the attempt defers it.
+    Flush,
+    /// Out of the timer wheel, then unlinked. Refused while the item is being delivered.
+    Delete,
+    /// Out of the timer wheel, then moved to `hold/`. Refused while the item is being delivered.
+    Hold,
+    /// Moved back from `hold/`, then into the timer wheel at the due time in its name.
+    Release,
+}
+
+/// Apply `op` to each id; one result per id, in order.
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<IdResult>")]
+pub struct Control {
+    pub op: ControlOp,
+    pub ids: Vec<String>,
 }
 
 pub struct QueueManager {
@@ -91,6 +132,55 @@ impl QueueManager {
         }
         if n > 0 {
             tracing::info!(items = n, "queue loaded");
+        }
+    }
+
+    /// One [`Control`] operation on one item. Ok is the line the tool prints.
+    fn control_one(&mut self, op: ControlOp, id: &str, now: u64) -> Result<String, String> {
+        let loc = inspect::locate(&self.dir, id).map_err(|e| e.to_string())?;
+        let name = loc.name;
+        let delivering = self.in_flight.contains(&name);
+        let busy = |name: &str| format!("{name} is being delivered now; try again when the attempt is over");
+        match op {
+            ControlOp::Flush if loc.held => Err(InspectError::Held(name).to_string()),
+            ControlOp::Flush if delivering => {
+                self.flushed_in_flight.insert(name.clone());
+                Ok(format!("{name}: being delivered now; retried at once if deferred"))
+            }
+            ControlOp::Flush => match self.wheel.due_of(&name) {
+                Some(due) if due <= now => Ok(format!("{name}: already due")),
+                // Not in the wheel (released or restored behind the daemon's back): adopt it.
+                _ => {
+                    self.wheel.insert(now, name.clone());
+                    Ok(format!("flushed {name}"))
+                }
+            },
+            ControlOp::Delete | ControlOp::Hold if delivering => Err(busy(&name)),
+            ControlOp::Hold if loc.held => Err(InspectError::AlreadyHeld(name).to_string()),
+            ControlOp::Delete | ControlOp::Hold => {
+                let due = if loc.held { None } else { self.wheel.due_of(&name) };
+                if due.is_some() {
+                    self.wheel.remove(&name);
+                }
+                let done = if op == ControlOp::Delete {
+                    inspect::delete(&self.dir, &name).map(|_| format!("deleted {id}"))
+                } else {
+                    inspect::hold(&self.dir, &name).map(|l| format!("held {}", l.name))
+                };
+                done.map_err(|e| {
+                    if let Some(due) = due {
+                        self.wheel.insert(due, name.clone());
+                    }
+                    e.to_string()
+                })
+            }
+            ControlOp::Release if !loc.held => Err(InspectError::NotHeld(name).to_string()),
+            ControlOp::Release => {
+                let l = inspect::release(&self.dir, &name).map_err(|e| e.to_string())?;
+                let due = QueueName::parse(&name).map_or(now, |q| q.next_attempt);
+                self.wheel.insert(due, name);
+                Ok(format!("released {}", l.name))
+            }
         }
     }
 
@@ -164,7 +254,10 @@ impl Handler<Finished> for QueueManager {
         self.in_flight.remove(&msg.name);
         let flushed = self.flushed_in_flight.remove(&msg.name);
         if let Some((name, due)) = msg.retry {
-            self.wheel.insert(if flushed { now_ms() } else { due }, name);
+            // A control flush or release may have started the renamed file already.
+            if !self.in_flight.contains(&name) {
+                self.wheel.insert(if flushed { now_ms() } else { due }, name);
+            }
         }
         self.pump(ctx);
     }
@@ -186,5 +279,42 @@ impl Handler<Counts> for QueueManager {
             waiting: self.wheel.len(),
             in_flight: self.in_flight.len(),
         }
+    }
+}
+
+impl Handler<Lookup> for QueueManager {
+    type Result = Vec<ItemState>;
+    fn handle(&mut self, msg: Lookup, _: &mut Self::Context) -> Vec<ItemState> {
+        msg.0
+            .iter()
+            .map(|name| {
+                if self.in_flight.contains(name) {
+                    ItemState::InFlight
+                } else {
+                    self.wheel.due_of(name).map_or(ItemState::Unknown, ItemState::Waiting)
+                }
+            })
+            .collect()
+    }
+}
+
+impl Handler<Control> for QueueManager {
+    type Result = Vec<IdResult>;
+    fn handle(&mut self, msg: Control, ctx: &mut Self::Context) -> Vec<IdResult> {
+        let now = now_ms();
+        let out = msg
+            .ids
+            .iter()
+            .map(|id| {
+                let r = self.control_one(msg.op, id, now);
+                match &r {
+                    Ok(line) => tracing::info!(op = ?msg.op, item = %id, "{line}"),
+                    Err(e) => tracing::info!(op = ?msg.op, item = %id, error = %e, "refused"),
+                }
+                IdResult::new(id, r)
+            })
+            .collect();
+        self.pump(ctx);
+        out
     }
 }

@@ -115,7 +115,8 @@ impl Handler<Commit> for TransactionActor {
         ctx.stop();
         Box::pin(async move {
             if let Some(e) = failed {
-                return Err(CommitError::Temporary(e.to_string()));
+                inc(&metrics().commit_errors);
+                return Err(crate::queue::spool::commit_error(&e));
             }
             // A bounded number of committers: concurrent fsyncs are what the file system
             // batches (8 threads already reach its group-commit rate), and more threads only

@@ -317,7 +317,7 @@ fn build_todo(req: &CommitRequest, domain: &str, rcpts: &[&Recipient], k: usize)
 }
 
 /// ENOSPC and EDQUOT answer `452 4.3.1`; everything else `451 4.3.0`.
-fn commit_error(e: &io::Error) -> CommitError {
+pub(crate) fn commit_error(e: &io::Error) -> CommitError {
     let full = e.kind() == io::ErrorKind::StorageFull
         || e.kind() == io::ErrorKind::QuotaExceeded
         || matches!(e.raw_os_error(), Some(28) | Some(122));
