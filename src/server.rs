@@ -52,8 +52,8 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
         })?
         .with_always_split(cfg.outbound.always_split);
     let shared = Arc::new(Shared {
-        session: Arc::new(cfg.session_config(chain.hook_set())),
-        chain: Arc::new(chain),
+        session: std::sync::RwLock::new(Arc::new(cfg.session_config(chain.hook_set()))),
+        chain: Arc::new(std::sync::RwLock::new(Arc::new(chain))),
         spool: Arc::new(spool),
         spool_after: cfg.spool_after,
         inactivity: cfg.smtp.inactivity_timeout,
@@ -308,6 +308,10 @@ pub fn run(cfg: &Config, registry: &PluginRegistry) -> Result<(), StartError> {
     let shared = prepared.shared.clone();
     let force_timeout = cfg.smtp.force_shutdown_timeout;
     let queue_dir = cfg.queue_dir.clone();
+    let reloader = Reloader {
+        running: cfg.clone(),
+        registry: registry.clone(),
+    };
     sys.block_on(async move {
         let _arbiters = prepared.start_workers();
         // One SIGTERM stream for the whole run, so a second signal is never missed.
@@ -315,7 +319,7 @@ pub fn run(cfg: &Config, registry: &PluginRegistry) -> Result<(), StartError> {
             tracing::error!("cannot install the SIGTERM handler");
             return;
         };
-        wait_for_signal(shared.clone(), &mut term).await;
+        wait_for_signal(shared.clone(), &mut term, &reloader).await;
         tracing::info!("shutting down: no new connections, sessions finishing");
         graceful_stop(&shared, force_timeout, &mut term).await;
         // While the queue lock is still held: never a newer daemon's socket.
@@ -367,9 +371,9 @@ async fn graceful_stop(shared: &Shared, limit: std::time::Duration, term: &mut S
 }
 
 /// SIGTERM/SIGINT stop; SIGUSR1 retries the whole queue now.
-async fn wait_for_signal(shared: Arc<Shared>, term: &mut Signal) {
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        tracing::error!("cannot install the SIGUSR1 handler; queue flush by signal is off");
+async fn wait_for_signal(shared: Arc<Shared>, term: &mut Signal, reloader: &Reloader) {
+    let (Ok(mut usr1), Ok(mut hup)) = (signal(SignalKind::user_defined1()), signal(SignalKind::hangup())) else {
+        tracing::error!("cannot install the SIGUSR1/SIGHUP handlers; queue flush and reload by signal are off");
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
@@ -386,6 +390,59 @@ async fn wait_for_signal(shared: Arc<Shared>, term: &mut Signal) {
                     q.do_send(crate::actors::queue_manager::Flush);
                 }
             }
+            _ = hup.recv() => reloader.reload(&shared),
         }
+    }
+}
+
+/// SIGHUP: re-read the config dir; swap plugins and session settings atomically when the new
+/// config is valid, keep the old one (with an error logged) when it is not.
+struct Reloader {
+    running: Config,
+    registry: PluginRegistry,
+}
+
+impl Reloader {
+    fn reload(&self, shared: &Shared) {
+        let dir = &self.running.dir;
+        let new = match Config::load(dir).and_then(|c| self.registry.build(&c).map(|chain| (c, chain))) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: invalid config, the running config stays");
+                return;
+            }
+        };
+        let (cfg, chain) = new;
+        let session = cfg.session_config(chain.hook_set());
+        shared.replace(chain, session);
+        for what in self.restart_needed(&cfg) {
+            tracing::warn!(setting = what, "changed, but applies only after a restart");
+        }
+        tracing::info!(
+            plugins = cfg.plugins.len(),
+            "config reloaded: plugins and connection settings"
+        );
+    }
+
+    /// Settings that are read once at start.
+    fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let old = &self.running;
+        let mut v = Vec::new();
+        if old.smtp.listen != new.smtp.listen {
+            v.push("smtp.ini [main] listen");
+        }
+        if old.smtp.nodes != new.smtp.nodes {
+            v.push("smtp.ini [main] nodes");
+        }
+        if old.smtp.inactivity_timeout != new.smtp.inactivity_timeout {
+            v.push("smtp.ini [main] inactivity_timeout");
+        }
+        if old.queue_dir != new.queue_dir {
+            v.push("queue_dir");
+        }
+        if format!("{:?}", old.outbound) != format!("{:?}", new.outbound) {
+            v.push("outbound.ini");
+        }
+        v
     }
 }

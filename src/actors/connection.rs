@@ -22,10 +22,15 @@ use crate::protocol::session::{Action, CommitError, Session, SessionConfig};
 use crate::protocol::Reply;
 use crate::queue::spool::{CommitRequest, Spool};
 
+/// The plugin chain, swapped as a whole on reload; readers clone the `Arc`.
+pub type ChainCell = Arc<std::sync::RwLock<Arc<PluginChain>>>;
+
 /// What every connection of a worker shares.
 pub struct Shared {
-    pub chain: Arc<PluginChain>,
-    pub session: Arc<SessionConfig>,
+    /// Plugins and session settings: each connection takes a snapshot when it starts, so a
+    /// reload never changes the rules in the middle of a session.
+    pub chain: ChainCell,
+    pub session: std::sync::RwLock<Arc<SessionConfig>>,
     pub spool: Arc<Spool>,
     pub spool_after: usize,
     pub inactivity: Duration,
@@ -35,6 +40,21 @@ pub struct Shared {
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
+impl Shared {
+    /// The current plugin chain and session settings.
+    pub fn snapshot(&self) -> (Arc<PluginChain>, Arc<SessionConfig>) {
+        let chain = self.chain.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let session = self.session.read().unwrap_or_else(|p| p.into_inner()).clone();
+        (chain, session)
+    }
+
+    /// Swap in a new plugin chain and session settings (reload).
+    pub fn replace(&self, chain: PluginChain, session: SessionConfig) {
+        *self.chain.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(chain);
+        *self.session.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(session);
+    }
+}
+
 pub struct ConnectionActor {
     driver: Option<Driver>,
 }
@@ -42,11 +62,13 @@ pub struct ConnectionActor {
 impl ConnectionActor {
     pub fn new(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shared: Arc<Shared>) -> Self {
         let conn = Connection::new(peer, local);
-        let session = Session::new(shared.session.clone(), conn);
+        let (chain, cfg) = shared.snapshot();
+        let session = Session::new(cfg, conn);
         ConnectionActor {
             driver: Some(Driver {
                 stream,
                 session,
+                chain,
                 shared,
                 txn: None,
                 greeted: false,
@@ -94,6 +116,7 @@ thread_local! {
 struct Driver {
     stream: TcpStream,
     session: Session,
+    chain: Arc<PluginChain>,
     shared: Arc<Shared>,
     txn: Option<Addr<TransactionActor>>,
     greeted: bool,
@@ -124,7 +147,7 @@ impl Driver {
 
     /// Run the plugin chain; false when a plugin panicked (the connection is then closed).
     async fn hook(&mut self, hook: crate::hooks::Hook) -> bool {
-        let chain = self.shared.chain.clone();
+        let chain = self.chain.clone();
         let (conn, txn) = self.session.states_mut();
         let mut cx = HookContext { conn, txn };
         match chain.run(&hook, &mut cx).await {

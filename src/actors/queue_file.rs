@@ -19,7 +19,7 @@ use super::remote_mx::{BodySource, Deliver, MxKey, MxSettings, RemoteMx};
 use super::resolver::{DnsFailure, MxAnswer, ResolveHost, ResolveMx, Resolver};
 use crate::config::OutboundConfig;
 use crate::hooks::state::now_ms;
-use crate::hooks::{Delivery, HMail, HookResult, OutboundHook, Outcome, PluginChain};
+use crate::hooks::{Delivery, HMail, HookResult, OutboundHook, Outcome};
 use crate::metrics::{inc, metrics};
 use crate::protocol::client::{DsnNotify, DsnRet, Envelope, EnvelopeRecipient, RcptOutcome};
 use crate::protocol::command::xtext_decode;
@@ -34,7 +34,7 @@ use crate::queue::spool::{CommitRequest, MessageBody, Spool};
 pub struct DeliveryCtx {
     pub dir: PathBuf,
     pub me: String,
-    pub chain: Arc<PluginChain>,
+    pub chain: super::connection::ChainCell,
     pub spool: Arc<Spool>,
     pub resolver: Addr<Resolver>,
     pub schedule: RetrySchedule,
@@ -51,7 +51,7 @@ impl DeliveryCtx {
     pub fn new(
         dir: PathBuf,
         me: String,
-        chain: Arc<PluginChain>,
+        chain: super::connection::ChainCell,
         spool: Arc<Spool>,
         resolver: Addr<Resolver>,
         schedule: RetrySchedule,
@@ -231,7 +231,8 @@ async fn hook(cx: &DeliveryCtx, item: &mut QueueItem, h: OutboundHook) -> HookRe
         num_failures: item.parsed.attempts,
         todo: &mut item.todo,
     };
-    cx.chain.run_outbound(&h, &mut hmail).await.unwrap_or_else(|p| {
+    let chain = cx.chain.read().unwrap_or_else(|p| p.into_inner()).clone();
+    chain.run_outbound(&h, &mut hmail).await.unwrap_or_else(|p| {
         inc(&metrics().queue_file.panics);
         tracing::error!(error = %p, "plugin panic in outbound hook");
         HookResult::with_msg(Outcome::DenySoft, "plugin failure")

@@ -1,0 +1,95 @@
+//! SIGHUP reloads the config dir: a valid change applies to new sessions, an invalid one is
+//! refused and the running config stays.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::free_port;
+use common::*;
+
+fn hup(pid: u32) {
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// RCPT code for `rcpt` on a new session.
+fn rcpt_code(addr: std::net::SocketAddr, rcpt: &str) -> u16 {
+    let mut c = Client::connect(addr);
+    c.expect("EHLO reload.example", 250);
+    c.expect("MAIL FROM:<a@remote.example>", 250);
+    c.cmd(&format!("RCPT TO:<{rcpt}>")).code
+}
+
+/// Poll (bounded) until `f` holds; the sync point with the daemon's signal handling.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    (0..500).any(|_| {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        false
+    })
+}
+
+#[test]
+fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_broken() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = root.path().join("config");
+    write_default_config(&cfg);
+    let log = root.path().join("posta.log");
+    let d = spawn_logged(&cfg, free_port(), &log);
+    assert_eq!(rcpt_code(d.addr, "u@other.test"), 550);
+
+    // A session opened before the reload keeps its rules; new sessions get the new ones.
+    let mut old = Client::connect(d.addr);
+    old.expect("EHLO before.example", 250);
+    std::fs::write(cfg.join("host_list"), "example.test\nother.test\n").unwrap();
+    hup(d.pid());
+    assert!(
+        eventually(|| rcpt_code(d.addr, "u@other.test") == 250),
+        "reload not applied"
+    );
+    old.expect("MAIL FROM:<a@remote.example>", 250);
+    old.expect("RCPT TO:<u@other.test>", 550);
+
+    // A broken config is refused: the running one stays.
+    std::fs::write(cfg.join("plugins"), "rcpt_to.in_host_list\nno.such.plugin\n").unwrap();
+    std::fs::write(cfg.join("host_list"), "example.test\n").unwrap();
+    hup(d.pid());
+    // Sync point: the daemon logs that it refused the reload.
+    let refused = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("reload refused")
+    };
+    assert!(eventually(refused), "no 'reload refused' log line");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("no.such.plugin"));
+    assert_eq!(rcpt_code(d.addr, "u@other.test"), 250, "broken config was applied");
+}
+
+/// Like `spawn_daemon`, with the log (info level) in a file.
+fn spawn_logged(cfg: &std::path::Path, port: u16, log: &std::path::Path) -> common::process::Daemon {
+    std::fs::write(
+        cfg.join("smtp.ini"),
+        format!("[main]\nlisten=127.0.0.1:{port}\nnodes=1\n"),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_posta"))
+        .args(["run", "-c"])
+        .arg(cfg)
+        .env("POSTA_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        eventually(|| std::net::TcpStream::connect(addr).is_ok()),
+        "posta did not start"
+    );
+    common::process::Daemon { child, addr }
+}
