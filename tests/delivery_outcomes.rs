@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::dns::{DnsServer, Zone};
+use common::dsn::Dsn;
 use common::sink::{eventually, Received, Sink};
 use common::*;
-use mail_parser::{MessageParser, MimeHeaders};
 use posta::hooks::{
     Delivery, HMail, Hook, HookContext, HookName, HookResult, HookReturn, OutboundHook, Outcome, Plugin, PluginRegistry,
 };
@@ -317,84 +317,6 @@ fn originals(addrs: &[TodoAddress]) -> Vec<String> {
 }
 
 // ----- DSNs --------------------------------------------------------------------------------
-
-/// A DSN's `message/delivery-status` fields (per-message block, then one block per
-/// recipient, as (name, value) pairs) and its human-readable first part.
-struct Dsn {
-    per_message: Vec<(String, String)>,
-    recipients: Vec<Vec<(String, String)>>,
-    human: String,
-}
-
-impl Dsn {
-    fn parse(msg: &Received) -> Dsn {
-        let parsed = MessageParser::default()
-            .parse(&msg.body)
-            .unwrap_or_else(|| panic!("DSN does not parse:\n{}", msg.text()));
-        let ct = parsed.content_type().expect("DSN has a Content-Type");
-        assert_eq!(ct.ctype(), "multipart", "{}", msg.text());
-        assert_eq!(ct.subtype(), Some("report"), "{}", msg.text());
-        assert_eq!(ct.attribute("report-type"), Some("delivery-status"), "{}", msg.text());
-        let part = parsed
-            .parts
-            .iter()
-            .find(|p| {
-                p.content_type()
-                    .is_some_and(|c| c.ctype() == "message" && c.subtype() == Some("delivery-status"))
-            })
-            .unwrap_or_else(|| panic!("no message/delivery-status part in\n{}", msg.text()));
-        let text = String::from_utf8_lossy(part.contents()).replace("\r\n", "\n");
-        let mut blocks = text.split("\n\n").filter(|b| !b.trim().is_empty()).map(fields);
-        let per_message = blocks.next().unwrap_or_default();
-        let recipients: Vec<_> = blocks.collect();
-        let human = parsed
-            .body_text(0)
-            .unwrap_or_else(|| panic!("DSN without a text part:\n{}", msg.text()))
-            .into_owned();
-        Dsn {
-            per_message,
-            recipients,
-            human,
-        }
-    }
-
-    fn get(fields: &[(String, String)], name: &str) -> Option<String> {
-        fields
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    }
-    fn msg(&self, name: &str) -> Option<String> {
-        Self::get(&self.per_message, name)
-    }
-    /// A field of the first recipient block.
-    fn rcpt(&self, name: &str) -> Option<String> {
-        self.recipients.first().and_then(|r| Self::get(r, name))
-    }
-    /// `Final-Recipient` of every recipient block.
-    fn final_recipients(&self) -> Vec<String> {
-        self.recipients
-            .iter()
-            .filter_map(|r| Self::get(r, "Final-Recipient"))
-            .collect()
-    }
-}
-
-/// `Name: value` lines with folded continuations.
-fn fields(block: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in block.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = out.last_mut() {
-                last.1.push(' ');
-                last.1.push_str(line.trim());
-            }
-        } else if let Some((n, v)) = line.split_once(':') {
-            out.push((n.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    out
-}
 
 /// A DSN from `<>` to `sender` reporting that the (only) recipient `final_rcpt` (typed, e.g.
 /// `rfc822; bob@remote.test`) failed with `status`.

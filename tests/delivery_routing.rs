@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::dns::{DnsServer, Zone};
+use common::dsn::Dsn;
 use common::sink::{eventually, free_port_on, Received, Sink};
 use common::*;
-use mail_parser::{MessageParser, MimeHeaders};
 use posta::queue::QueueName;
 
 /// Upper bound for anything to happen (a delivery, a bounce, a retry).
@@ -73,68 +73,6 @@ fn deferred_once(srv: &TestServer) -> Option<QueueName> {
 }
 
 const BODY: &[u8] = b"From: alice@sender.test\r\nTo: bob@remote.test\r\nSubject: routing\r\n\r\nhello over there";
-
-/// The fields of a DSN's `message/delivery-status` part: the per-message block and the first
-/// per-recipient block, as (lower-case name, value) pairs.
-struct Dsn {
-    per_message: Vec<(String, String)>,
-    per_recipient: Vec<(String, String)>,
-}
-
-impl Dsn {
-    fn parse(msg: &Received) -> Dsn {
-        let parsed = MessageParser::default()
-            .parse(&msg.body)
-            .unwrap_or_else(|| panic!("DSN does not parse:\n{}", msg.text()));
-        let ct = parsed.content_type().expect("DSN has a Content-Type");
-        assert_eq!(ct.ctype(), "multipart", "{}", msg.text());
-        assert_eq!(ct.subtype(), Some("report"), "{}", msg.text());
-        assert_eq!(ct.attribute("report-type"), Some("delivery-status"), "{}", msg.text());
-        let part = parsed
-            .parts
-            .iter()
-            .find(|p| {
-                p.content_type()
-                    .is_some_and(|c| c.ctype() == "message" && c.subtype() == Some("delivery-status"))
-            })
-            .unwrap_or_else(|| panic!("no message/delivery-status part in\n{}", msg.text()));
-        let text = String::from_utf8_lossy(part.contents()).replace("\r\n", "\n");
-        let mut blocks = text.split("\n\n").filter(|b| !b.trim().is_empty()).map(fields);
-        Dsn {
-            per_message: blocks.next().unwrap_or_default(),
-            per_recipient: blocks.next().unwrap_or_default(),
-        }
-    }
-
-    fn get(fields: &[(String, String)], name: &str) -> Option<String> {
-        fields
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    }
-    fn msg(&self, name: &str) -> Option<String> {
-        Self::get(&self.per_message, name)
-    }
-    fn rcpt(&self, name: &str) -> Option<String> {
-        Self::get(&self.per_recipient, name)
-    }
-}
-
-/// `Name: value` lines with folded continuations.
-fn fields(block: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in block.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = out.last_mut() {
-                last.1.push(' ');
-                last.1.push_str(line.trim());
-            }
-        } else if let Some((n, v)) = line.split_once(':') {
-            out.push((n.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    out
-}
 
 /// A DSN from `<>` to `sender` reporting `rcpt` failed with `status`.
 fn assert_failure_dsn(msg: &Received, sender: &str, rcpt: &str, status: &str) -> Dsn {
