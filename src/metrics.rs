@@ -3,6 +3,9 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use dashmap::DashMap;
 
 use crate::actors::queue_manager::QueueCounts;
 
@@ -12,7 +15,76 @@ pub struct ActorCounters {
     pub started: AtomicU64,
     pub stopped: AtomicU64,
     pub panics: AtomicU64,
+    /// Messages handled by the instrumented handlers of this kind.
+    pub messages: AtomicU64,
+    /// Time spent in the instrumented handlers of this kind.
+    pub handler_seconds: Histogram,
 }
+
+/// Upper bounds (seconds) of the histogram buckets; `+Inf` is implied.
+pub const BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0];
+
+/// A latency histogram with fixed [`BUCKETS`], lock-free. Each bucket holds the observations
+/// that fell into it alone; rendering makes them cumulative. The sum is kept in microseconds.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Record one observation of `secs` seconds (negative or NaN counts as 0).
+    pub fn observe(&self, secs: f64) {
+        let secs = if secs.is_nan() || secs < 0.0 { 0.0 } else { secs };
+        if let Some(i) = BUCKETS.iter().position(|le| secs <= *le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((secs * 1e6).round().min(u64::MAX as f64) as u64, Ordering::Relaxed);
+    }
+
+    /// Record the time elapsed since `start`.
+    pub fn observe_since(&self, start: Instant) {
+        self.observe(start.elapsed().as_secs_f64());
+    }
+
+    /// Render `name_bucket`, `name_sum` and `name_count` (no HELP/TYPE).
+    fn render(&self, out: &mut String, name: &str, label: Option<(&str, &str)>) {
+        let (prefix, sep) = match label {
+            Some((k, v)) => (format!("{k}=\"{v}\""), ","),
+            None => (String::new(), ""),
+        };
+        let mut cumulative = 0;
+        for (le, b) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += b.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{prefix}{sep}le=\"{le}\"}} {cumulative}");
+        }
+        // Read once: +Inf and _count must agree even while observations race the scrape.
+        let count = self.count.load(Ordering::Relaxed).max(cumulative);
+        let _ = writeln!(out, "{name}_bucket{{{prefix}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let labels = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{{{prefix}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{labels} {sum}");
+        let _ = writeln!(out, "{name}_count{labels} {count}");
+    }
+}
+
+/// Counters of one remote MX (`host:port`).
+#[derive(Debug, Default)]
+pub struct MxCounters {
+    pub opened: AtomicU64,
+    pub reused: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// Distinct `mx` label values kept; further MXs are counted under `mx="other"`.
+pub const MAX_MX_LABELS: usize = 1000;
 
 impl ActorCounters {
     pub fn live(&self) -> u64 {
@@ -38,6 +110,14 @@ pub struct Metrics {
     pub connections_reused: AtomicU64,
     pub messages_queued: AtomicU64,
     pub commit_errors: AtomicU64,
+    /// Replies sent to SMTP clients, by code.
+    pub smtp_replies: DashMap<u16, AtomicU64>,
+    /// MAIL commands that started a transaction (added when the connection closes).
+    pub smtp_transactions: AtomicU64,
+    /// Time from queueing to delivery of delivered messages.
+    pub delivery_seconds: Histogram,
+    /// Per remote MX (`host:port`), bounded to [`MAX_MX_LABELS`] entries plus `other`.
+    pub remote_mxs: DashMap<String, MxCounters>,
 }
 
 static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
@@ -52,7 +132,40 @@ pub fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Count every reply in `out` (bytes written to an SMTP client): each line starting with three
+/// digits and a space (the last line of a reply) counts once under its code.
+pub fn count_replies(m: &Metrics, out: &[u8]) {
+    for line in out.split(|b| *b == b'\n') {
+        if let [a, b, c, b' ', ..] = *line {
+            if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() {
+                let code = u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0');
+                // The guard is dropped at the end of each statement (never held across .await).
+                if let Some(n) = m.smtp_replies.get(&code) {
+                    n.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    m.smtp_replies.entry(code).or_default().fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
 impl Metrics {
+    /// Apply `f` to the counters of remote MX `mx` (`host:port`); past [`MAX_MX_LABELS`]
+    /// distinct MXs, new ones share the `other` entry.
+    pub fn per_mx(&self, mx: &str, f: impl FnOnce(&MxCounters)) {
+        if let Some(c) = self.remote_mxs.get(mx) {
+            return f(&c);
+        }
+        let key = if self.remote_mxs.len() < MAX_MX_LABELS {
+            mx
+        } else {
+            "other"
+        };
+        let c = self.remote_mxs.entry(key.to_string()).or_default();
+        f(&c);
+    }
+
     /// Each actor kind with its label value, in a fixed order.
     pub fn actor_kinds(&self) -> [(&'static str, &ActorCounters); 6] {
         [
@@ -178,6 +291,100 @@ pub fn render_prometheus(m: &Metrics, queue: Option<QueueCounts>) -> String {
         None,
         load(&m.connections_reused),
     );
+    header(
+        &mut out,
+        "posta_actor_messages_total",
+        "counter",
+        "Messages handled by the instrumented actor handlers, by actor kind.",
+    );
+    for (kind, c) in &kinds {
+        sample(
+            &mut out,
+            "posta_actor_messages_total",
+            Some(("kind", kind)),
+            load(&c.messages),
+        );
+    }
+    header(
+        &mut out,
+        "posta_actor_handler_seconds",
+        "histogram",
+        "Time spent in the actor handlers that do real work, by actor kind.",
+    );
+    for (kind, c) in [
+        ("transaction", &m.transaction),
+        ("remote_mx", &m.remote_mx),
+        ("resolver", &m.resolver),
+    ] {
+        c.handler_seconds
+            .render(&mut out, "posta_actor_handler_seconds", Some(("kind", kind)));
+    }
+    header(
+        &mut out,
+        "posta_smtp_replies_total",
+        "counter",
+        "Replies sent to SMTP clients, by reply code.",
+    );
+    let mut replies: Vec<(u16, u64)> = m.smtp_replies.iter().map(|e| (*e.key(), load(e.value()))).collect();
+    replies.sort_unstable();
+    for (code, n) in replies {
+        sample(
+            &mut out,
+            "posta_smtp_replies_total",
+            Some(("code", &code.to_string())),
+            n,
+        );
+    }
+    header(
+        &mut out,
+        "posta_smtp_transactions_total",
+        "counter",
+        "SMTP transactions started (MAIL accepted), counted when their connection closes.",
+    );
+    sample(
+        &mut out,
+        "posta_smtp_transactions_total",
+        None,
+        load(&m.smtp_transactions),
+    );
+    header(
+        &mut out,
+        "posta_delivery_seconds",
+        "histogram",
+        "Time from queueing to delivery of delivered messages.",
+    );
+    m.delivery_seconds.render(&mut out, "posta_delivery_seconds", None);
+    let mut mxs: Vec<(String, [u64; 3])> = m
+        .remote_mxs
+        .iter()
+        .map(|e| {
+            let c = e.value();
+            (e.key().clone(), [load(&c.opened), load(&c.reused), load(&c.failures)])
+        })
+        .collect();
+    mxs.sort_unstable();
+    for (i, (name, help)) in [
+        (
+            "posta_remote_mx_sessions_opened_total",
+            "New outbound SMTP sessions opened, by remote MX (host:port).",
+        ),
+        (
+            "posta_remote_mx_sessions_reused_total",
+            "Deliveries tried on a pooled outbound session, by remote MX (host:port).",
+        ),
+        (
+            "posta_remote_mx_failures_total",
+            "Delivery jobs that ended in an error, by remote MX (host:port).",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        header(&mut out, name, "counter", help);
+        for (mx, v) in &mxs {
+            sample(&mut out, name, Some(("mx", &escape(mx))), v[i]);
+        }
+    }
     if let Some(q) = queue {
         header(
             &mut out,
@@ -206,7 +413,12 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// One sample line; label values here are fixed identifiers (no escaping needed).
+/// A label value with `\\`, `"` and newlines escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// One sample line; label values must already be escaped.
 fn sample(out: &mut String, name: &str, label: Option<(&str, &str)>, value: u64) {
     let _ = match label {
         Some((k, v)) => writeln!(out, "{name}{{{k}=\"{v}\"}} {value}"),
@@ -249,17 +461,98 @@ mod tests {
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').unwrap();
-                assert!(kind == "counter" || kind == "gauge", "{line}");
+                assert!(kind == "counter" || kind == "gauge" || kind == "histogram", "{line}");
                 assert!(typed.insert(name.to_string()), "family typed twice: {line}");
             } else if !line.starts_with("# HELP ") {
                 let (series, value) = line.rsplit_once(' ').unwrap();
-                value.parse::<u64>().unwrap();
+                value.parse::<f64>().unwrap();
                 let name = series.split('{').next().unwrap();
-                assert!(typed.contains(name), "sample before its TYPE: {line}");
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+                    .unwrap_or(name);
+                assert!(typed.contains(family), "sample before its TYPE: {line}");
             }
         }
-        assert_eq!(typed.len(), 10);
+        assert_eq!(typed.len(), 18);
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        for secs in [0.001, 0.01, 0.2, 0.7, 7200.0, -1.0] {
+            m.delivery_seconds.observe(secs);
+        }
+        m.transaction.handler_seconds.observe(0.03);
+        let text = render_prometheus(&m, None);
+        for (le, n) in [
+            ("0.01", 3), // 0.001, 0.01 (bounds are inclusive) and -1 (as 0)
+            ("0.05", 3),
+            ("0.1", 3),
+            ("0.5", 4),
+            ("1", 5),
+            ("5", 5),
+            ("3600", 5),
+            ("+Inf", 6),
+        ] {
+            let line = format!("posta_delivery_seconds_bucket{{le=\"{le}\"}} {n}\n");
+            assert!(text.contains(&line), "{line}{text}");
+        }
+        assert!(text.contains("posta_delivery_seconds_count 6\n"), "{text}");
+        assert!(text.contains("posta_delivery_seconds_sum 7200.911\n"), "{text}");
+        assert!(text.contains("# TYPE posta_delivery_seconds histogram\n"));
+        assert!(text.contains("posta_actor_handler_seconds_bucket{kind=\"transaction\",le=\"0.01\"} 0\n"));
+        assert!(text.contains("posta_actor_handler_seconds_bucket{kind=\"transaction\",le=\"0.05\"} 1\n"));
+        assert!(text.contains("posta_actor_handler_seconds_bucket{kind=\"transaction\",le=\"+Inf\"} 1\n"));
+        assert!(text.contains("posta_actor_handler_seconds_count{kind=\"transaction\"} 1\n"));
+        assert!(text.contains("posta_actor_handler_seconds_count{kind=\"resolver\"} 0\n"));
+        // Buckets never decrease and +Inf equals _count, for every series.
+        let mut last: Option<(String, u64)> = None;
+        for line in text.lines().filter(|l| l.contains("_bucket{")) {
+            let (series, v) = line.rsplit_once(' ').unwrap();
+            let v: u64 = v.parse().unwrap();
+            let key = series.split("le=").next().unwrap().to_string();
+            if let Some((k, prev)) = &last {
+                if *k == key {
+                    assert!(v >= *prev, "{line}");
+                }
+            }
+            if series.contains("le=\"+Inf\"") {
+                let count = series.replace("_bucket", "_count");
+                let count = count.replace(",le=\"+Inf\"", "").replace("{le=\"+Inf\"}", "");
+                assert!(text.contains(&format!("{count} {v}\n")), "{count} {v}");
+            }
+            last = Some((key, v));
+        }
+    }
+
+    #[test]
+    fn replies_and_remote_mx_labels() {
+        let m = Metrics::default();
+        count_replies(&m, b"220 hi\r\n250-a\r\n250-b\r\n250 c\r\n354 go\r\n250 ok\r\n12 x\r\n");
+        count_replies(&m, b"550 5.1.1 no\r\n");
+        m.per_mx("mx.example:25", |c| inc(&c.opened));
+        m.per_mx("mx.example:25", |c| inc(&c.reused));
+        m.per_mx("a\"b:25", |c| inc(&c.failures));
+        let text = render_prometheus(&m, None);
+        assert!(text.contains("posta_smtp_replies_total{code=\"220\"} 1\n"), "{text}");
+        assert!(text.contains("posta_smtp_replies_total{code=\"250\"} 2\n"), "{text}");
+        assert!(text.contains("posta_smtp_replies_total{code=\"354\"} 1\n"));
+        assert!(text.contains("posta_smtp_replies_total{code=\"550\"} 1\n"));
+        assert!(text.contains("posta_remote_mx_sessions_opened_total{mx=\"mx.example:25\"} 1\n"));
+        assert!(text.contains("posta_remote_mx_sessions_reused_total{mx=\"mx.example:25\"} 1\n"));
+        assert!(
+            text.contains("posta_remote_mx_failures_total{mx=\"a\\\"b:25\"} 1\n"),
+            "{text}"
+        );
+        // Bounded label set.
+        for i in 0..MAX_MX_LABELS + 5 {
+            m.per_mx(&format!("h{i}:25"), |c| inc(&c.opened));
+        }
+        assert_eq!(m.remote_mxs.len(), MAX_MX_LABELS + 1);
+        let other = m.remote_mxs.get("other").unwrap().opened.load(Ordering::Relaxed);
+        assert_eq!(other, 7);
     }
 
     #[test]

@@ -89,6 +89,14 @@ fn scrape_counts_a_message() {
         "posta_outbound_connections_opened_total",
         "posta_outbound_connections_reused_total",
         "posta_queue_items",
+        "posta_actor_messages_total",
+        "posta_actor_handler_seconds",
+        "posta_smtp_replies_total",
+        "posta_smtp_transactions_total",
+        "posta_delivery_seconds",
+        "posta_remote_mx_sessions_opened_total",
+        "posta_remote_mx_sessions_reused_total",
+        "posta_remote_mx_failures_total",
     ] {
         assert!(before.contains(&format!("# HELP {family} ")), "no HELP for {family}");
         assert!(before.contains(&format!("# TYPE {family} ")), "no TYPE for {family}");
@@ -125,6 +133,28 @@ fn scrape_counts_a_message() {
         "{after}"
     );
     assert_eq!(value(&after, "posta_queue_items{state=\"in_flight\"}"), 0, "{after}");
+    assert!(value(&after, "posta_smtp_replies_total{code=\"250\"}") > 0, "{after}");
+    assert!(value(&after, "posta_smtp_replies_total{code=\"220\"}") > 0, "{after}");
+    assert!(
+        value(&after, "posta_actor_handler_seconds_count{kind=\"transaction\"}") > 0,
+        "{after}"
+    );
+    assert!(
+        value(&after, "posta_actor_messages_total{kind=\"transaction\"}") > 0,
+        "{after}"
+    );
+    assert!(
+        value(&after, "posta_actor_messages_total{kind=\"queue_manager\"}") > 0,
+        "{after}"
+    );
+    assert!(after.contains("# TYPE posta_actor_handler_seconds histogram\n"));
+    assert!(after.contains("# TYPE posta_delivery_seconds histogram\n"));
+    // Transactions are counted when the connection closes, which follows QUIT: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while value(&scrape(addr), "posta_smtp_transactions_total") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no transaction counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 use super::transaction::{Chunk, Commit, TransactionActor};
 use crate::hooks::{Connection, HookContext, PluginChain};
-use crate::metrics::{inc, metrics};
+use crate::metrics::{count_replies, inc, metrics};
 use crate::protocol::session::{Action, CommitError, Session, SessionConfig};
 use crate::protocol::Reply;
 use crate::queue::spool::{CommitRequest, Spool};
@@ -168,7 +168,9 @@ impl Driver {
         tracing::error!(uuid = %self.session.conn().uuid, what, "panic caught, closing connection");
         let mut out = Vec::new();
         Reply::ext(421, (4, 3, 0), "Internal error, closing connection").write_to(&mut out);
-        let _ = tokio::time::timeout(self.shared.inactivity, self.stream.write_all(&out)).await;
+        if let Ok(Ok(())) = tokio::time::timeout(self.shared.inactivity, self.stream.write_all(&out)).await {
+            count_replies(metrics(), &out);
+        }
         let _ = self.stream.shutdown().await;
     }
 
@@ -229,10 +231,14 @@ impl Driver {
             return true;
         }
         let out = self.session.take_output();
-        matches!(
+        let sent = matches!(
             tokio::time::timeout(self.shared.inactivity, self.stream.write_all(&out)).await,
             Ok(Ok(()))
-        )
+        );
+        if sent {
+            count_replies(metrics(), &out);
+        }
+        sent
     }
 
     async fn input(&mut self) {
@@ -295,6 +301,9 @@ impl Driver {
     /// One line per connection, with what Haraka's disconnect line carries.
     fn summary(&self) {
         let c = self.session.conn();
+        metrics()
+            .smtp_transactions
+            .fetch_add(u64::from(c.tran_count), std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             helo = c.hello.as_ref().map(|h| h.host.as_str()).unwrap_or(""),
             relay = c.relaying,

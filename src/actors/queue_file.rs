@@ -559,6 +559,7 @@ fn record_outcomes(ok: usize, temp: usize, perm: usize) {
 
 async fn delivered_hook(cx: &DeliveryCtx, item: &mut QueueItem, ok: &[TodoAddress], h: HandOver) {
     let delay = now_ms().saturating_sub(item.todo.queue_time) as f64 / 1000.0;
+    crate::metrics::metrics().delivery_seconds.observe(delay);
     tracing::info!(uuid = %item.todo.uuid, file = %item.name, host = %h.host, ip = %h.ip, recipients = ok.len(), delay, mode = h.mode, response = %h.response, "delivered");
     let d = Delivery {
         host: h.host,

@@ -237,6 +237,7 @@ impl Actor for QueueManager {
 impl Handler<Enqueue> for QueueManager {
     type Result = ();
     fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
+        inc(&metrics().queue_manager.messages);
         let now = now_ms();
         for name in msg.0 {
             // The start-up scan may already have picked it up and started it.
@@ -251,6 +252,7 @@ impl Handler<Enqueue> for QueueManager {
 impl Handler<Finished> for QueueManager {
     type Result = ();
     fn handle(&mut self, msg: Finished, ctx: &mut Self::Context) {
+        inc(&metrics().queue_manager.messages);
         self.in_flight.remove(&msg.name);
         let flushed = self.flushed_in_flight.remove(&msg.name);
         if let Some((name, due)) = msg.retry {

@@ -155,14 +155,21 @@ impl Handler<Deliver> for RemoteMx {
         };
         let slots = self.slots.clone();
         let wait = self.settings.outbound.reply_timeout;
+        let entered = Instant::now();
+        inc(&metrics().remote_mx.messages);
         Box::pin(async move {
             // Waiting for a session slot is bounded too: a stuck MX must not hold every
             // delivery slot of the queue.
             let permit = tokio::time::timeout(wait, slots.acquire_owned()).await;
-            let Ok(Ok(_permit)) = permit else {
-                return Err(ClientError::Timeout);
+            let res = match permit {
+                Ok(Ok(_permit)) => job.deliver(msg).await,
+                _ => Err(ClientError::Timeout),
             };
-            job.deliver(msg).await
+            metrics().remote_mx.handler_seconds.observe_since(entered);
+            if res.is_err() {
+                metrics().per_mx(&job.mx_label(), |c| inc(&c.failures));
+            }
+            res
         })
     }
 }
@@ -175,10 +182,16 @@ struct Job {
 }
 
 impl Job {
+    /// The `mx` label of the per-MX metrics: `host:port`.
+    fn mx_label(&self) -> String {
+        format!("{}:{}", self.key.host, self.key.port)
+    }
+
     async fn deliver(&self, msg: Deliver) -> Result<Delivered, ClientError> {
         // A pooled session may have been closed by the server meanwhile: then use a new one.
         while let Some(conn) = self.take_idle() {
             inc(&metrics().connections_reused);
+            metrics().per_mx(&self.mx_label(), |c| inc(&c.reused));
             match self.send_on(conn, &msg, true).await {
                 Err(Retry::Fresh) => continue,
                 Err(Retry::Fail(e)) => return Err(e),
@@ -276,6 +289,7 @@ impl Job {
         };
         let _ = tcp.set_nodelay(true);
         inc(&metrics().connections_opened);
+        metrics().per_mx(&self.mx_label(), |c| inc(&c.opened));
         let mut cfg = ClientConfig::new(self.settings.helo.clone());
         cfg.lmtp = self.key.lmtp;
         cfg.want_tls = tls;

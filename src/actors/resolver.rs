@@ -105,9 +105,13 @@ impl Handler<ResolveMx> for Resolver {
     type Result = ResponseFuture<Result<MxAnswer, DnsFailure>>;
 
     fn handle(&mut self, msg: ResolveMx, _: &mut Self::Context) -> Self::Result {
+        let entered = std::time::Instant::now();
+        inc(&metrics().resolver.messages);
         let r = self.inner.clone();
         Box::pin(async move {
-            match r.mx_lookup(fqdn(&msg.0)).await {
+            let lookup = r.mx_lookup(fqdn(&msg.0)).await;
+            metrics().resolver.handler_seconds.observe_since(entered);
+            match lookup {
                 Ok(l) => {
                     let v: Vec<(u16, String)> = l.iter().map(|mx| (mx.preference(), mx.exchange().to_utf8())).collect();
                     Ok(if v.is_empty() {

@@ -104,6 +104,8 @@ impl Handler<Commit> for TransactionActor {
     type Result = ResponseFuture<Result<Vec<String>, CommitError>>;
 
     fn handle(&mut self, msg: Commit, ctx: &mut Self::Context) -> Self::Result {
+        let entered = std::time::Instant::now();
+        inc(&metrics().transaction.messages);
         let spool = self.spool.clone();
         let failed = self.failed.take();
         // The commit owns the spool file from here and removes it when done.
@@ -116,6 +118,7 @@ impl Handler<Commit> for TransactionActor {
         Box::pin(async move {
             if let Some(e) = failed {
                 inc(&metrics().commit_errors);
+                metrics().transaction.handler_seconds.observe_since(entered);
                 return Err(crate::queue::spool::commit_error(&e));
             }
             // A bounded number of committers: concurrent fsyncs are what the file system
@@ -135,6 +138,7 @@ impl Handler<Commit> for TransactionActor {
                 Ok(_) => inc(&metrics().messages_queued),
                 Err(_) => inc(&metrics().commit_errors),
             }
+            metrics().transaction.handler_seconds.observe_since(entered);
             res
         })
     }
