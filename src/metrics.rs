@@ -15,6 +15,8 @@ pub struct ActorCounters {
     pub started: AtomicU64,
     pub stopped: AtomicU64,
     pub panics: AtomicU64,
+    /// Restarts by a supervisor (the delivery supervisor counts under `queue_file`).
+    pub restarts: AtomicU64,
     /// Messages handled by the instrumented handlers of this kind.
     pub messages: AtomicU64,
     /// Time spent in the instrumented handlers of this kind.
@@ -239,6 +241,15 @@ pub fn render_prometheus(m: &Metrics, queue: Option<QueueCounts>) -> String {
             Some(("kind", kind)),
             load(&c.panics),
         );
+    }
+    header(
+        &mut out,
+        "posta_actor_restarts_total",
+        "counter",
+        "Restarts by a supervisor, by actor kind (the delivery supervisor counts under queue_file).",
+    );
+    for (kind, c) in &kinds {
+        sample(&mut out, "posta_actor_restarts_total", Some(("kind", kind)), load(&c.restarts));
     }
     header(
         &mut out,
@@ -474,7 +485,7 @@ mod tests {
                 assert!(typed.contains(family), "sample before its TYPE: {line}");
             }
         }
-        assert_eq!(typed.len(), 18);
+        assert_eq!(typed.len(), 19);
         assert!(text.ends_with('\n'));
     }
 

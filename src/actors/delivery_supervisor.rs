@@ -40,6 +40,7 @@ impl Actor for DeliverySupervisor {
 
 impl Supervised for DeliverySupervisor {
     fn restarting(&mut self, _: &mut Self::Context) {
+        crate::metrics::inc(&crate::metrics::metrics().queue_file.restarts);
         tracing::warn!("delivery supervisor restarting");
     }
 }
