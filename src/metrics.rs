@@ -249,7 +249,12 @@ pub fn render_prometheus(m: &Metrics, queue: Option<QueueCounts>) -> String {
         "Restarts by a supervisor, by actor kind (the delivery supervisor counts under queue_file).",
     );
     for (kind, c) in &kinds {
-        sample(&mut out, "posta_actor_restarts_total", Some(("kind", kind)), load(&c.restarts));
+        sample(
+            &mut out,
+            "posta_actor_restarts_total",
+            Some(("kind", kind)),
+            load(&c.restarts),
+        );
     }
     header(
         &mut out,

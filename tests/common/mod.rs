@@ -5,6 +5,7 @@
 pub mod dns;
 pub mod dsn;
 pub mod process;
+pub mod relay;
 pub mod sink;
 
 use std::io::{BufRead, BufReader, Read, Write};
