@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::dns::{DnsServer, Zone};
-use common::dsn::Dsn;
-use common::sink::{eventually, Received, Sink};
+use common::dsn::{assert_failure_dsn, Dsn};
+use common::sink::{eventually, Sink};
 use common::*;
 use posta::hooks::{
     Delivery, HMail, Hook, HookContext, HookName, HookResult, HookReturn, OutboundHook, Outcome, Plugin, PluginRegistry,
@@ -317,30 +317,6 @@ fn originals(addrs: &[TodoAddress]) -> Vec<String> {
 }
 
 // ----- DSNs --------------------------------------------------------------------------------
-
-/// A DSN from `<>` to `sender` reporting that the (only) recipient `final_rcpt` (typed, e.g.
-/// `rfc822; bob@remote.test`) failed with `status`.
-fn assert_failure_dsn(msg: &Received, sender: &str, final_rcpt: &str, status: &str) -> Dsn {
-    assert_eq!(msg.mail_from, "", "a DSN comes from the null sender");
-    assert_eq!(msg.rcpts, vec![sender.to_string()]);
-    let dsn = Dsn::parse(msg);
-    assert_eq!(
-        dsn.msg("Reporting-MTA").as_deref(),
-        Some("dns; mx.example.test"),
-        "{}",
-        msg.text()
-    );
-    assert_eq!(dsn.recipients.len(), 1, "{}", msg.text());
-    let got = dsn.rcpt("Final-Recipient").unwrap_or_default();
-    assert!(
-        got.eq_ignore_ascii_case(final_rcpt),
-        "Final-Recipient {got:?}, want {final_rcpt:?}\n{}",
-        msg.text()
-    );
-    assert_eq!(dsn.rcpt("Action").as_deref(), Some("failed"), "{}", msg.text());
-    assert_eq!(dsn.rcpt("Status").as_deref(), Some(status), "{}", msg.text());
-    dsn
-}
 
 // ----- 1. the delivered hook ---------------------------------------------------------------
 

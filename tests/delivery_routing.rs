@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::dns::{DnsServer, Zone};
-use common::dsn::Dsn;
-use common::sink::{eventually, free_port_on, Received, Sink};
+use common::dsn::assert_failure_dsn;
+use common::sink::{eventually, free_port_on, Sink};
 use common::*;
 use posta::queue::QueueName;
 
@@ -73,28 +73,6 @@ fn deferred_once(srv: &TestServer) -> Option<QueueName> {
 }
 
 const BODY: &[u8] = b"From: alice@sender.test\r\nTo: bob@remote.test\r\nSubject: routing\r\n\r\nhello over there";
-
-/// A DSN from `<>` to `sender` reporting `rcpt` failed with `status`.
-fn assert_failure_dsn(msg: &Received, sender: &str, rcpt: &str, status: &str) -> Dsn {
-    assert_eq!(msg.mail_from, "", "a DSN comes from the null sender");
-    assert_eq!(msg.rcpts, vec![sender.to_string()]);
-    let dsn = Dsn::parse(msg);
-    assert_eq!(
-        dsn.msg("Reporting-MTA").as_deref(),
-        Some("dns; mx.example.test"),
-        "{}",
-        msg.text()
-    );
-    let final_rcpt = dsn.rcpt("Final-Recipient").unwrap_or_default();
-    assert!(
-        final_rcpt.eq_ignore_ascii_case(&format!("rfc822; {rcpt}")),
-        "Final-Recipient {final_rcpt:?}\n{}",
-        msg.text()
-    );
-    assert_eq!(dsn.rcpt("Action").as_deref(), Some("failed"), "{}", msg.text());
-    assert_eq!(dsn.rcpt("Status").as_deref(), Some(status), "{}", msg.text());
-    dsn
-}
 
 // ----- MX routing ---------------------------------------------------------------------
 
@@ -214,7 +192,7 @@ fn null_mx_bounces_with_5_1_10() {
     submit(&srv, "alice@sender.test", &["bob@nullmx.test"], BODY);
     assert!(sink.wait_for(1, WAIT), "no DSN; sink saw {:?}", sink.stats());
     let m = &sink.messages()[0];
-    let dsn = assert_failure_dsn(m, "alice@sender.test", "bob@nullmx.test", "5.1.10");
+    let dsn = assert_failure_dsn(m, "alice@sender.test", "rfc822; bob@nullmx.test", "5.1.10");
     assert!(dsn.msg("Arrival-Date").is_some(), "{}", m.text());
     assert!(queue_drains(&srv), "queue keeps {:?}", srv.queue_files());
     assert_eq!(
@@ -235,7 +213,12 @@ fn nxdomain_bounces_with_5_1_2() {
     let srv = start(|d| relay_config(d, &outbound_ini(&dns, sink.port(), true)));
     submit(&srv, "alice@sender.test", &["bob@nowhere.test"], BODY);
     assert!(sink.wait_for(1, WAIT), "no DSN; sink saw {:?}", sink.stats());
-    assert_failure_dsn(&sink.messages()[0], "alice@sender.test", "bob@nowhere.test", "5.1.2");
+    assert_failure_dsn(
+        &sink.messages()[0],
+        "alice@sender.test",
+        "rfc822; bob@nowhere.test",
+        "5.1.2",
+    );
     assert!(queue_drains(&srv), "queue keeps {:?}", srv.queue_files());
 }
 
@@ -429,7 +412,12 @@ fn lmtp_per_recipient_failure_bounces_only_that_recipient() {
     assert!(lmtp.wait_for(1, WAIT), "nothing delivered; sink saw {:?}", lmtp.stats());
     assert!(mx.wait_for(1, WAIT), "no DSN; sender's MX saw {:?}", mx.stats());
     assert_eq!(lmtp.messages()[0].rcpts, vec!["good@example.test".to_string()]);
-    let dsn = assert_failure_dsn(&mx.messages()[0], "alice@sender.test", "bad@example.test", "5.1.1");
+    let dsn = assert_failure_dsn(
+        &mx.messages()[0],
+        "alice@sender.test",
+        "rfc822; bad@example.test",
+        "5.1.1",
+    );
     let diag = dsn.rcpt("Diagnostic-Code").unwrap_or_default();
     assert!(
         diag.contains("550") && diag.contains("no such user"),
@@ -587,7 +575,7 @@ fn per_recipient_smtp_replies_bounce_one_and_defer_the_other() {
         .expect("the message");
     assert_eq!(delivered.rcpts, vec!["ok@remote.test".to_string()]);
     let bounce = msgs.iter().find(|m| m.mail_from.is_empty()).expect("the DSN");
-    assert_failure_dsn(bounce, "alice@sender.test", "nouser@remote.test", "5.1.1");
+    assert_failure_dsn(bounce, "alice@sender.test", "rfc822; nouser@remote.test", "5.1.1");
     let name = deferred_once(&srv).unwrap_or_else(|| panic!("not deferred: queue {:?}", srv.queue_files()));
     let todo = posta::queue::decode(&std::fs::read(srv.queue_dir().join(name.to_string())).unwrap())
         .unwrap()

@@ -82,3 +82,27 @@ pub fn fields(block: &str) -> Vec<(String, String)> {
     }
     out
 }
+
+/// A DSN from `<>` to `sender` reporting that the (only) recipient `final_rcpt` (typed, e.g.
+/// `rfc822; bob@remote.test`) failed with `status`.
+pub fn assert_failure_dsn(msg: &Received, sender: &str, final_rcpt: &str, status: &str) -> Dsn {
+    assert_eq!(msg.mail_from, "", "a DSN comes from the null sender");
+    assert_eq!(msg.rcpts, vec![sender.to_string()]);
+    let dsn = Dsn::parse(msg);
+    assert_eq!(
+        dsn.msg("Reporting-MTA").as_deref(),
+        Some("dns; mx.example.test"),
+        "{}",
+        msg.text()
+    );
+    assert_eq!(dsn.recipients.len(), 1, "{}", msg.text());
+    let got = dsn.rcpt("Final-Recipient").unwrap_or_default();
+    assert!(
+        got.eq_ignore_ascii_case(final_rcpt),
+        "Final-Recipient {got:?}, want {final_rcpt:?}\n{}",
+        msg.text()
+    );
+    assert_eq!(dsn.rcpt("Action").as_deref(), Some("failed"), "{}", msg.text());
+    assert_eq!(dsn.rcpt("Status").as_deref(), Some(status), "{}", msg.text());
+    dsn
+}
