@@ -36,6 +36,11 @@ enum Cmd {
     /// Inspect and change the queue: through a running daemon's control socket, or offline.
     #[command(long_about = QUEUE_ABOUT)]
     Queue(QueueArgs),
+    /// Make the running daemon re-read its config directory (as SIGHUP does) and say what it did.
+    Reload {
+        #[arg(short, long, default_value = "config")]
+        config: PathBuf,
+    },
     /// Live view of a running daemon's metrics endpoint (like top); --once prints one table.
     Top(posta::top::TopArgs),
 }
@@ -169,7 +174,7 @@ fn init_logging(cmd: &Cmd) -> Result<(), String> {
         Cmd::Run { config } => (Some(config.as_path()), true),
         Cmd::CheckConfig { config } => (Some(config.as_path()), false),
         Cmd::Queue(args) => (args.config.as_deref(), false),
-        Cmd::Top(_) => (None, false),
+        Cmd::Top(_) | Cmd::Reload { .. } => (None, false),
     };
     let settings = match dir.map(posta::logging::load) {
         None => posta::logging::LogSettings::default(),
@@ -214,9 +219,34 @@ fn main() -> ExitCode {
             Err(e) => fail(&format!("config error: {e}")),
         },
         Cmd::Queue(args) => queue_cmd(args),
+        Cmd::Reload { config } => reload_cmd(&config),
         Cmd::Top(args) => match posta::top::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e.to_string()),
+        },
+    }
+}
+
+/// `posta reload`: through the control socket of the daemon running on this config's queue.
+fn reload_cmd(config: &std::path::Path) -> ExitCode {
+    use posta::actors::control::{self, ControlRequest};
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("config error (nothing sent to the daemon): {e}")),
+    };
+    match control::request(&cfg.queue_dir, &ControlRequest::Reload) {
+        None => fail(&format!(
+            "no daemon is running on {} (no control socket); start one with `posta run -c {}`",
+            cfg.queue_dir.display(),
+            config.display()
+        )),
+        Some(Err(e)) => fail(&e),
+        Some(Ok(r)) => match (r.reloaded, r.error) {
+            (Some(done), _) => {
+                println!("{done}");
+                ExitCode::SUCCESS
+            }
+            (None, e) => fail(e.as_deref().unwrap_or("the daemon gave no answer")),
         },
     }
 }

@@ -59,6 +59,7 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
         inactivity: cfg.smtp.inactivity_timeout,
         queue: std::sync::OnceLock::new(),
         shutdown: tokio::sync::watch::channel(false).0,
+        reload: std::sync::OnceLock::new(),
     });
     let nodes = cfg.smtp.nodes.max(1);
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..nodes).map(|_| Vec::new()).collect();
@@ -161,7 +162,8 @@ impl Prepared {
         let delivery = Arbiter::new();
         let queue = start_delivery(&delivery, &self.cfg, &self.shared);
         let _ = self.shared.queue.set(queue.clone());
-        crate::actors::control::start(&delivery, &self.cfg.queue_dir, queue.clone());
+        let reload = self.shared.reload.get().cloned();
+        crate::actors::control::start(&delivery, &self.cfg.queue_dir, queue.clone(), reload);
         if let Some(socket) = self.metrics {
             delivery.spawn(async move {
                 match tokio::net::TcpListener::from_std(socket) {
@@ -312,6 +314,8 @@ pub fn run(cfg: &Config, registry: &PluginRegistry) -> Result<(), StartError> {
         running: cfg.clone(),
         registry: registry.clone(),
     };
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
+    let _ = prepared.shared.reload.set(reload_tx);
     sys.block_on(async move {
         let _arbiters = prepared.start_workers();
         // One SIGTERM stream for the whole run, so a second signal is never missed.
@@ -319,7 +323,7 @@ pub fn run(cfg: &Config, registry: &PluginRegistry) -> Result<(), StartError> {
             tracing::error!("cannot install the SIGTERM handler");
             return;
         };
-        wait_for_signal(shared.clone(), &mut term, &reloader).await;
+        wait_for_signal(shared.clone(), &mut term, &reloader, &mut reload_rx).await;
         tracing::info!("shutting down: no new connections, sessions finishing");
         graceful_stop(&shared, force_timeout, &mut term).await;
         // While the queue lock is still held: never a newer daemon's socket.
@@ -370,8 +374,14 @@ async fn graceful_stop(shared: &Shared, limit: std::time::Duration, term: &mut S
     }
 }
 
-/// SIGTERM/SIGINT stop; SIGUSR1 retries the whole queue now.
-async fn wait_for_signal(shared: Arc<Shared>, term: &mut Signal, reloader: &Reloader) {
+/// SIGTERM/SIGINT stop; SIGUSR1 retries the whole queue now; SIGHUP or `posta reload` (over
+/// the control socket) reloads the config.
+async fn wait_for_signal(
+    shared: Arc<Shared>,
+    term: &mut Signal,
+    reloader: &Reloader,
+    asks: &mut tokio::sync::mpsc::Receiver<crate::actors::control::ReloadAsk>,
+) {
     let (Ok(mut usr1), Ok(mut hup)) = (signal(SignalKind::user_defined1()), signal(SignalKind::hangup())) else {
         tracing::error!("cannot install the SIGUSR1/SIGHUP handlers; queue flush and reload by signal are off");
         tokio::select! {
@@ -390,7 +400,12 @@ async fn wait_for_signal(shared: Arc<Shared>, term: &mut Signal, reloader: &Relo
                     q.do_send(crate::actors::queue_manager::Flush);
                 }
             }
-            _ = hup.recv() => reloader.reload(&shared),
+            _ = hup.recv() => {
+                let _ = reloader.reload(&shared);
+            }
+            Some(ask) = asks.recv() => {
+                let _ = ask.send(reloader.reload(&shared));
+            }
         }
     }
 }
@@ -403,25 +418,36 @@ struct Reloader {
 }
 
 impl Reloader {
-    fn reload(&self, shared: &Shared) {
+    /// Ok: what was reloaded (and what needs a restart); Err: why the new config was refused.
+    fn reload(&self, shared: &Shared) -> Result<String, String> {
         let dir = &self.running.dir;
         let new = match Config::load(dir).and_then(|c| self.registry.build(&c).map(|chain| (c, chain))) {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "reload refused: invalid config, the running config stays");
-                return;
+                return Err(format!("reload refused: {e}; the running config stays"));
             }
         };
         let (cfg, chain) = new;
         let session = cfg.session_config(chain.hook_set());
         shared.replace(chain, session);
-        for what in self.restart_needed(&cfg) {
+        let restart = self.restart_needed(&cfg);
+        for what in &restart {
             tracing::warn!(setting = what, "changed, but applies only after a restart");
         }
         tracing::info!(
             plugins = cfg.plugins.len(),
             "config reloaded: plugins and connection settings"
         );
+        let mut done = format!(
+            "config reloaded from {}: {} plugin(s), connection settings",
+            dir.display(),
+            cfg.plugins.len()
+        );
+        if !restart.is_empty() {
+            done.push_str(&format!("; changed but needing a restart: {}", restart.join(", ")));
+        }
+        Ok(done)
     }
 
     /// Settings that are read once at start.

@@ -93,3 +93,51 @@ fn spawn_logged(cfg: &std::path::Path, port: u16, log: &std::path::Path) -> comm
     );
     common::process::Daemon { child, addr }
 }
+
+/// `posta reload` through the control socket: it answers once the reload is done (no polling),
+/// says what needs a restart, and reports a refused config with the reason and exit code 1.
+#[test]
+fn posta_reload_command_reports_what_it_did() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = root.path().join("config");
+    write_default_config(&cfg);
+    let reload = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_posta"))
+            .args(["reload", "-c"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    // No daemon yet: a clear error, not a hang.
+    let (ok, text) = reload();
+    assert!(!ok && text.contains("no daemon is running"), "{text}");
+
+    let log = root.path().join("posta.log");
+    let port = free_port();
+    let d = spawn_logged(&cfg, port, &log);
+    assert!(eventually(|| cfg.join("../queue/.control").exists()), "no control socket");
+    assert_eq!(rcpt_code(d.addr, "u@other.test"), 550);
+
+    std::fs::write(cfg.join("host_list"), "example.test\nother.test\n").unwrap();
+    let (ok, text) = reload();
+    assert!(ok && text.contains("config reloaded"), "{text}");
+    assert!(!text.contains("restart"), "{text}");
+    assert_eq!(rcpt_code(d.addr, "u@other.test"), 250, "reload not applied when the command returned");
+
+    // A setting read only at start: applied later, and the answer says so.
+    std::fs::write(
+        cfg.join("smtp.ini"),
+        format!("[main]\nlisten=127.0.0.1:{port}\nnodes=2\n"),
+    )
+    .unwrap();
+    let (ok, text) = reload();
+    assert!(ok && text.contains("needing a restart: smtp.ini [main] nodes"), "{text}");
+
+    std::fs::write(cfg.join("plugins"), "rcpt_to.in_host_list\nno.such.plugin\n").unwrap();
+    std::fs::write(cfg.join("host_list"), "example.test\n").unwrap();
+    let (ok, text) = reload();
+    assert!(!ok && text.contains("reload refused") && text.contains("no.such.plugin"), "{text}");
+    assert_eq!(rcpt_code(d.addr, "u@other.test"), 250, "broken config was applied");
+}

@@ -38,6 +38,8 @@ pub struct Shared {
     pub queue: std::sync::OnceLock<Addr<super::queue_manager::QueueManager>>,
     /// Set to true when the daemon shuts down gracefully.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Where the control socket sends `posta reload` (set by `server::run`).
+    pub reload: std::sync::OnceLock<tokio::sync::mpsc::Sender<super::control::ReloadAsk>>,
 }
 
 impl Shared {

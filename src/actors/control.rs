@@ -15,6 +15,9 @@
 //! - `{"cmd":"delete"|"hold"|"release","ids":[..]}`: done by the QueueManager itself, so an item
 //!   being delivered is refused and a waiting one leaves the timer wheel before its file goes.
 //!
+//! - `{"cmd":"reload"}`: re-read the config directory, as SIGHUP does, and answer what happened
+//!   (`reloaded`), or why the new config was refused (`error`; the running config stays).
+//!
 //! A request is at most [`MAX_REQUEST`] bytes and must arrive within [`READ_TIMEOUT`].
 
 use std::fs;
@@ -89,6 +92,7 @@ pub enum ControlRequest {
     Release {
         ids: Vec<String>,
     },
+    Reload,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -143,6 +147,21 @@ pub struct ControlResponse {
     /// `flush`, `delete`, `hold`, `release`: one per item.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<IdResult>,
+    /// `reload`: what the reload did (the same text as its log line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reloaded: Option<String>,
+}
+
+/// A reload asked for over the control socket, sent to the daemon's main loop (which owns the
+/// reloader); the answer is what was reloaded, or why the new config was refused.
+pub type ReloadAsk = tokio::sync::oneshot::Sender<Result<String, String>>;
+
+/// What the control socket's handlers need.
+#[derive(Clone)]
+struct Ctl {
+    dir: PathBuf,
+    manager: Addr<QueueManager>,
+    reload: Option<tokio::sync::mpsc::Sender<ReloadAsk>>,
 }
 
 impl ControlResponse {
@@ -158,7 +177,12 @@ impl ControlResponse {
 
 /// Bind `<queue>/.control` and serve it on `arbiter`. A failure is logged; the daemon then
 /// runs without a control socket (the tools fall back to working on the files).
-pub fn start(arbiter: &Arbiter, queue_dir: &Path, manager: Addr<QueueManager>) {
+pub fn start(
+    arbiter: &Arbiter,
+    queue_dir: &Path,
+    manager: Addr<QueueManager>,
+    reload: Option<tokio::sync::mpsc::Sender<ReloadAsk>>,
+) {
     let path = socket_path(queue_dir);
     let listener = match bind(&path) {
         Ok(l) => l,
@@ -167,10 +191,14 @@ pub fn start(arbiter: &Arbiter, queue_dir: &Path, manager: Addr<QueueManager>) {
             return;
         }
     };
-    let dir = queue_dir.to_path_buf();
+    let ctl = Ctl {
+        dir: queue_dir.to_path_buf(),
+        manager,
+        reload,
+    };
     arbiter.spawn(async move {
         match UnixListener::from_std(listener) {
-            Ok(l) => serve(l, dir, manager).await,
+            Ok(l) => serve(l, ctl).await,
             Err(e) => tracing::error!(error = %e, "control socket: cannot use the socket"),
         }
     });
@@ -198,7 +226,7 @@ pub fn remove_socket(queue_dir: &Path) {
     let _ = fs::remove_file(socket_path(queue_dir));
 }
 
-async fn serve(listener: UnixListener, dir: PathBuf, manager: Addr<QueueManager>) {
+async fn serve(listener: UnixListener, ctl: Ctl) {
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -206,9 +234,9 @@ async fn serve(listener: UnixListener, dir: PathBuf, manager: Addr<QueueManager>
         };
         match listener.accept().await {
             Ok((stream, _)) => {
-                let (dir, manager) = (dir.clone(), manager.clone());
+                let ctl = ctl.clone();
                 actix::spawn(async move {
-                    handle(stream, &dir, &manager).await;
+                    handle(stream, &ctl).await;
                     drop(permit);
                 });
             }
@@ -220,14 +248,14 @@ async fn serve(listener: UnixListener, dir: PathBuf, manager: Addr<QueueManager>
     }
 }
 
-async fn handle(stream: UnixStream, dir: &Path, manager: &Addr<QueueManager>) {
+async fn handle(stream: UnixStream, ctl: &Ctl) {
     let (rd, mut wr) = stream.into_split();
     let resp = match tokio::time::timeout(READ_TIMEOUT, read_request(rd)).await {
         Err(_) => ControlResponse::error("timed out reading the request"),
         Ok(Err(e)) => ControlResponse::error(e),
         Ok(Ok(req)) => {
             tracing::info!(request = ?req, "control request");
-            answer(req, dir, manager).await
+            answer(req, ctl).await
         }
     };
     let mut line = serde_json::to_vec(&resp)
@@ -260,10 +288,12 @@ async fn blocking<T: Send + 'static>(
 
 const NO_MANAGER: &str = "the daemon's queue manager is not running";
 
-async fn answer(req: ControlRequest, dir: &Path, manager: &Addr<QueueManager>) -> ControlResponse {
+async fn answer(req: ControlRequest, ctl: &Ctl) -> ControlResponse {
+    let (dir, manager) = (ctl.dir.as_path(), &ctl.manager);
     let now = now_ms();
     let d = dir.to_path_buf();
     match req {
+        ControlRequest::Reload => reload(ctl).await,
         ControlRequest::List {
             held,
             domain,
@@ -364,6 +394,25 @@ async fn answer(req: ControlRequest, dir: &Path, manager: &Addr<QueueManager>) -
 }
 
 pub use super::queue_manager::ControlOp;
+
+/// Hand the reload to the daemon's main loop and wait for its answer.
+async fn reload(ctl: &Ctl) -> ControlResponse {
+    let Some(tx) = &ctl.reload else {
+        return ControlResponse::error("this daemon cannot reload (it runs embedded, not as `posta run`)");
+    };
+    let (ask, answer) = tokio::sync::oneshot::channel();
+    if tx.send(ask).await.is_err() {
+        return ControlResponse::error("the daemon is shutting down");
+    }
+    match answer.await {
+        Ok(Ok(done)) => ControlResponse {
+            reloaded: Some(done),
+            ..Default::default()
+        },
+        Ok(Err(e)) => ControlResponse::error(e),
+        Err(_) => ControlResponse::error("the daemon is shutting down"),
+    }
+}
 
 async fn control(manager: &Addr<QueueManager>, op: ControlOp, ids: Vec<String>) -> ControlResponse {
     if ids.is_empty() && op != ControlOp::Flush {
