@@ -51,8 +51,8 @@ delete, hold and release go through its control socket (<queue>/.control): it ap
 its own index, and refuses to delete or hold an item it is delivering at that moment.
 
 Otherwise (no daemon, a copy, or a Haraka 3.x queue dir) the commands read and rename the files \
-of the queue directory themselves. inspect always reads the files; bounce works offline only \
-(stop the daemon first).
+of the queue directory themselves. inspect always reads the files; bounce goes through the \
+daemon too (its DSN is queued by the daemon, which refuses an item it is delivering).
 
 The queue dir is found as the daemon finds it (`queue_dir` in the config dir, default \
 <config>/../queue), or given with --queue-dir.";
@@ -363,16 +363,8 @@ fn queue_cmd(args: QueueArgs) -> ExitCode {
                 now_ms: now,
             };
             match inspect::bounce(&dir, &id, &opts) {
-                Ok(inspect::Bounced::Queued { to, dsn }) => {
-                    println!("bounced {id}: DSN to <{to}> queued as {}", dsn.join(", "));
-                    ExitCode::SUCCESS
-                }
-                Ok(inspect::Bounced::NullSender) => {
-                    println!("bounced {id}: null sender, removed without a DSN");
-                    ExitCode::SUCCESS
-                }
-                Ok(inspect::Bounced::NotRequested) => {
-                    println!("bounced {id}: no recipient asked for failure reports (NOTIFY), removed without a DSN");
+                Ok(b) => {
+                    println!("{}", b.describe(&id));
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e.to_string()),
@@ -405,14 +397,10 @@ fn queue_online(dir: &std::path::Path, cmd: &QueueCmd, now: u64) -> Option<ExitC
         QueueCmd::Delete { ids, filter, .. } if filter.is_empty() => Req::Delete { ids: ids.clone() },
         QueueCmd::Hold { ids } => Req::Hold { ids: ids.clone() },
         QueueCmd::Release { ids } => Req::Release { ids: ids.clone() },
-        QueueCmd::Bounce { .. } => {
-            return control::daemon_listening(dir).then(|| {
-                fail(
-                    "bounce works offline only, and a daemon is running on this queue (it holds <queue>/.lock); \
-                     stop the daemon first, or use delete to drop the item without a report",
-                )
-            })
-        }
+        QueueCmd::Bounce { id, reason, .. } => Req::Bounce {
+            ids: vec![id.clone()],
+            reason: reason.clone(),
+        },
         _ => return None,
     };
     let resp = match control::request(dir, &req)? {

@@ -12,7 +12,7 @@ use crate::actors::connection::Shared;
 use crate::actors::delivery_supervisor::{DeliverySupervisor, ReportTo};
 use crate::actors::listener::Listener;
 use crate::actors::queue_file::DeliveryCtx;
-use crate::actors::queue_manager::QueueManager;
+use crate::actors::queue_manager::{BounceCtx, QueueManager};
 use crate::actors::resolver::Resolver;
 use crate::config::{Config, ConfigError, IniFile};
 use crate::hooks::PluginRegistry;
@@ -212,7 +212,11 @@ fn start_delivery(arbiter: &Arbiter, cfg: &Config, shared: &Arc<Shared>) -> Addr
         let sup_cx = cx.clone();
         let supervisor = actix::Supervisor::start(move |_| DeliverySupervisor::new(sup_cx));
         supervisor.do_send(ReportTo(ctx.address()));
-        QueueManager::new(cfg.queue_dir.clone(), ob.concurrency_max, supervisor, ob.disabled)
+        QueueManager::new(cfg.queue_dir.clone(), ob.concurrency_max, supervisor, ob.disabled).with_bounce(BounceCtx {
+            spool: cx.spool.clone(),
+            me: cfg.me.clone(),
+            template: cfg.bounce_template.clone(),
+        })
     })
 }
 

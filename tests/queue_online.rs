@@ -198,11 +198,19 @@ fn list_stat_hold_release_delete_flush_through_a_running_daemon() {
     let out = ok(&cfg, &["delete", "--all", "--domain", "example.net"]);
     assert_eq!(out, format!("deleted {haraka}\n1 item(s) deleted\n"));
 
-    // bounce stays offline-only.
-    let b = queue(&cfg, &["bounce", &m2, "--reason", "x"]);
-    assert_eq!(b.code, 1);
-    assert!(b.stderr.contains("offline only"), "{}", b.stderr);
-    assert!(qdir.join(&m2).is_file());
+    // bounce, through the daemon: the DSN is queued by the daemon's own spool and waits in its
+    // wheel; the original leaves the queue.
+    let out = ok(&cfg, &["bounce", &m2, "--reason", "mailbox retired"]);
+    let prefix = format!("bounced {m2}: DSN to <sender@client.example> queued as ");
+    let dsn = out.trim().strip_prefix(&prefix).unwrap_or_else(|| panic!("{out}")).to_string();
+    assert!(!qdir.join(&m2).exists());
+    assert!(qdir.join(&dsn).is_file(), "{dsn}");
+    assert!(ok(&cfg, &["stat"]).contains("daemon: 3 waiting"));
+    let shown = ok(&cfg, &["inspect", "--body", &dsn]);
+    assert!(shown.contains("mailbox retired"), "{shown}");
+    let gone = queue(&cfg, &["bounce", &m2, "--reason", "again"]);
+    assert_eq!(gone.code, 1);
+    assert!(gone.stderr.contains("no queue item"), "{}", gone.stderr);
 
     // The protocol itself: bad, oversized and unknown requests get an error line.
     let r = raw(&sock, b"not json\n");
@@ -228,7 +236,7 @@ fn list_stat_hold_release_delete_flush_through_a_running_daemon() {
     assert!(!out.contains(&m1) && !out.contains(&haraka), "{out}");
     let mut left = names(&qdir);
     left.sort();
-    let mut want = vec![m0, m2, m3];
+    let mut want = vec![m0, dsn, m3];
     want.sort();
     assert_eq!(left, want);
 }

@@ -15,6 +15,8 @@
 //! - `{"cmd":"delete"|"hold"|"release","ids":[..]}`: done by the QueueManager itself, so an item
 //!   being delivered is refused and a waiting one leaves the timer wheel before its file goes.
 //!
+//! - `{"cmd":"bounce","ids":[..],"reason":".."}`: the QueueManager queues a DSN for each item
+//!   through the daemon's spool and removes it (refused while it is being delivered).
 //! - `{"cmd":"reload"}`: re-read the config directory, as SIGHUP does, and answer what happened
 //!   (`reloaded`), or why the new config was refused (`error`; the running config stays).
 //!
@@ -34,7 +36,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use super::queue_manager::{Control, Counts, Flush, ItemState, Lookup, QueueManager};
+use super::queue_manager::{BounceItems, Control, Counts, Flush, ItemState, Lookup, QueueManager};
 use crate::hooks::state::now_ms;
 use crate::queue::inspect::{self, Entry, Filter, InspectError, Stat};
 
@@ -91,6 +93,11 @@ pub enum ControlRequest {
     },
     Release {
         ids: Vec<String>,
+    },
+    /// Bounce now: a DSN with `reason` to each item's sender.
+    Bounce {
+        ids: Vec<String>,
+        reason: String,
     },
     Reload,
 }
@@ -294,6 +301,13 @@ async fn answer(req: ControlRequest, ctl: &Ctl) -> ControlResponse {
     let d = dir.to_path_buf();
     match req {
         ControlRequest::Reload => reload(ctl).await,
+        ControlRequest::Bounce { ids, reason } => match manager.send(BounceItems { ids, reason }).await {
+            Ok(results) => ControlResponse {
+                results,
+                ..Default::default()
+            },
+            Err(e) => ControlResponse::error(format!("queue manager: {e}")),
+        },
         ControlRequest::List {
             held,
             domain,

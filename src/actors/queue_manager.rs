@@ -85,6 +85,23 @@ pub struct Control {
     pub ids: Vec<String>,
 }
 
+/// Bounce these items now (control socket): each gets an RFC 3464 DSN with `reason`, queued
+/// through the daemon's spool, and leaves the queue; an item being delivered is refused.
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<IdResult>")]
+pub struct BounceItems {
+    pub ids: Vec<String>,
+    pub reason: String,
+}
+
+/// What an operator's bounce needs: the daemon's spool (it holds the queue dir's lock) and
+/// the DSN settings.
+pub struct BounceCtx {
+    pub spool: std::sync::Arc<crate::queue::spool::Spool>,
+    pub me: String,
+    pub template: Option<crate::protocol::dsn::BounceTemplate>,
+}
+
 pub struct QueueManager {
     dir: PathBuf,
     wheel: TimerWheel<String>,
@@ -95,6 +112,7 @@ pub struct QueueManager {
     disabled: bool,
     /// Items in flight when a flush came: their retry is due at once.
     flushed_in_flight: HashSet<String>,
+    bounce: Option<BounceCtx>,
 }
 
 impl QueueManager {
@@ -108,6 +126,50 @@ impl QueueManager {
             timer: None,
             disabled,
             flushed_in_flight: HashSet::new(),
+            bounce: None,
+        }
+    }
+
+    /// Let the control socket bounce items (`posta queue bounce` with a daemon running).
+    pub fn with_bounce(mut self, b: BounceCtx) -> Self {
+        self.bounce = Some(b);
+        self
+    }
+
+    /// One [`BounceItems`] item. Ok is the line the tool prints.
+    fn bounce_one(&mut self, id: &str, reason: &str, now: u64) -> Result<String, String> {
+        let Some(b) = &self.bounce else {
+            return Err("this daemon cannot bounce (no spool); stop it and bounce offline".into());
+        };
+        let name = inspect::locate(&self.dir, id).map_err(|e| e.to_string())?.name;
+        if self.in_flight.contains(&name) {
+            return Err(format!("{name} is being delivered now; try again when the attempt is over"));
+        }
+        let due = self.wheel.due_of(&name);
+        if due.is_some() {
+            self.wheel.remove(&name);
+        }
+        let opts = inspect::BounceOptions {
+            reason,
+            me: &b.me,
+            template: b.template.as_ref(),
+            now_ms: now,
+        };
+        match inspect::bounce_with(&self.dir, &name, &opts, &b.spool) {
+            Ok(done) => {
+                if let inspect::Bounced::Queued { dsn, .. } = &done {
+                    for n in dsn {
+                        self.wheel.insert(now, n.clone());
+                    }
+                }
+                Ok(done.describe(id))
+            }
+            Err(e) => {
+                if let Some(due) = due {
+                    self.wheel.insert(due, name);
+                }
+                Err(e.to_string())
+            }
         }
     }
 
@@ -312,6 +374,27 @@ impl Handler<Control> for QueueManager {
                 match &r {
                     Ok(line) => tracing::info!(op = ?msg.op, item = %id, "{line}"),
                     Err(e) => tracing::info!(op = ?msg.op, item = %id, error = %e, "refused"),
+                }
+                IdResult::new(id, r)
+            })
+            .collect();
+        self.pump(ctx);
+        out
+    }
+}
+
+impl Handler<BounceItems> for QueueManager {
+    type Result = Vec<IdResult>;
+    fn handle(&mut self, msg: BounceItems, ctx: &mut Self::Context) -> Vec<IdResult> {
+        let now = now_ms();
+        let out = msg
+            .ids
+            .iter()
+            .map(|id| {
+                let r = self.bounce_one(id, &msg.reason, now);
+                match &r {
+                    Ok(line) => tracing::info!(item = %id, reason = %msg.reason, "{line}"),
+                    Err(e) => tracing::info!(item = %id, error = %e, "bounce refused"),
                 }
                 IdResult::new(id, r)
             })

@@ -717,6 +717,19 @@ pub enum Bounced {
     NotRequested,
 }
 
+impl Bounced {
+    /// The line the queue tools print for item `id`.
+    pub fn describe(&self, id: &str) -> String {
+        match self {
+            Bounced::Queued { to, dsn } => format!("bounced {id}: DSN to <{to}> queued as {}", dsn.join(", ")),
+            Bounced::NullSender => format!("bounced {id}: null sender, removed without a DSN"),
+            Bounced::NotRequested => {
+                format!("bounced {id}: no recipient asked for failure reports (NOTIFY), removed without a DSN")
+            }
+        }
+    }
+}
+
 /// How to bounce.
 #[derive(Debug, Clone)]
 pub struct BounceOptions<'a> {
@@ -735,6 +748,17 @@ pub struct BounceOptions<'a> {
 /// excludes failures are left out of the report, as in delivery. Nothing is removed when the
 /// DSN cannot be queued.
 pub fn bounce(dir: &Path, id: &str, opts: &BounceOptions<'_>) -> Result<Bounced> {
+    let loc = locate(dir, id)?;
+    let spool = Spool::open(dir, opts.me, false).map_err(|e| InspectError::Bounce {
+        id: loc.name.clone(),
+        reason: format!("cannot open the queue: {e}"),
+    })?;
+    bounce_with(dir, id, opts, &spool)
+}
+
+/// [`bounce`] with the DSN committed through `spool` (the running daemon's own spool, which
+/// holds the queue dir's lock).
+pub fn bounce_with(dir: &Path, id: &str, opts: &BounceOptions<'_>, spool: &Spool) -> Result<Bounced> {
     let loc = locate(dir, id)?;
     let it = load_located(&loc)?;
     let outcome = if dsn::is_null_sender(&it.todo.mail_from) {
@@ -758,7 +782,7 @@ pub fn bounce(dir: &Path, id: &str, opts: &BounceOptions<'_>) -> Result<Bounced>
         if reports.is_empty() {
             Bounced::NotRequested
         } else {
-            queue_dsn(dir, &it, &reports, opts)?
+            queue_dsn(spool, &it, &reports, opts)?
         }
     };
     item::remove(&it).map_err(InspectError::io(format!("cannot remove {}", it.path.display())))?;
@@ -766,7 +790,7 @@ pub fn bounce(dir: &Path, id: &str, opts: &BounceOptions<'_>) -> Result<Bounced>
     Ok(outcome)
 }
 
-fn queue_dsn(dir: &Path, it: &QueueItem, reports: &[RecipientReport], opts: &BounceOptions<'_>) -> Result<Bounced> {
+fn queue_dsn(spool: &Spool, it: &QueueItem, reports: &[RecipientReport], opts: &BounceOptions<'_>) -> Result<Bounced> {
     let fail = |reason: String| InspectError::Bounce {
         id: it.name.clone(),
         reason,
@@ -814,7 +838,6 @@ fn queue_dsn(dir: &Path, it: &QueueItem, reports: &[RecipientReport], opts: &Bou
         queue_time: opts.now_ms,
     };
     let to = req.rcpt_to[0].mailbox.to_string();
-    let spool = Spool::open(dir, opts.me, false).map_err(|e| fail(format!("cannot open the queue: {e}")))?;
     let names = spool
         .commit(
             &req,
