@@ -420,8 +420,34 @@ pub fn render_prometheus(m: &Metrics, queue: Option<QueueCounts>) -> String {
             Some(("state", "in_flight")),
             q.in_flight as u64,
         );
+        render_queue_age(&mut out, &q);
     }
     out
+}
+
+/// `posta_queue_items_by_age` (the buckets of `posta queue stat`) and the oldest item's age.
+fn render_queue_age(out: &mut String, q: &QueueCounts) {
+    use crate::queue::inspect::AGE_BOUNDS_MIN;
+    header(
+        out,
+        "posta_queue_items_by_age",
+        "gauge",
+        "Queue items (waiting and in flight) by time since arrival: younger than the age label in minutes and older than the previous bucket; age older is the rest.",
+    );
+    for (i, n) in q.by_age.iter().enumerate() {
+        let label = AGE_BOUNDS_MIN.get(i).map_or("older".to_string(), |m| m.to_string());
+        sample(out, "posta_queue_items_by_age", Some(("age", &label)), *n);
+    }
+    header(
+        out,
+        "posta_queue_oldest_age_seconds",
+        "gauge",
+        "Time since the oldest queue item arrived (0 when the queue is empty).",
+    );
+    let age = q
+        .oldest_arrival_ms
+        .map_or(0, |a| crate::hooks::state::now_ms().saturating_sub(a) / 1000);
+    sample(out, "posta_queue_oldest_age_seconds", None, age);
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -459,6 +485,8 @@ mod tests {
             Some(QueueCounts {
                 waiting: 4,
                 in_flight: 1,
+                by_age: [2, 0, 0, 0, 0, 0, 0, 0, 0, 3],
+                oldest_arrival_ms: Some(1),
             }),
         );
         assert!(
@@ -472,6 +500,15 @@ mod tests {
         assert!(text.contains("posta_deliveries_total{outcome=\"bounced\"} 3\n"));
         assert!(text.contains("posta_queue_items{state=\"waiting\"} 4\n"));
         assert!(text.contains("posta_queue_items{state=\"in_flight\"} 1\n"));
+        assert!(text.contains("posta_queue_items_by_age{age=\"5\"} 2\n"), "{text}");
+        assert!(text.contains("posta_queue_items_by_age{age=\"older\"} 3\n"));
+        // Arrived at ms 1 of 1970: older than 50 years.
+        let oldest = text
+            .lines()
+            .find_map(|l| l.strip_prefix("posta_queue_oldest_age_seconds "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap();
+        assert!(oldest > 50 * 365 * 86_400, "{oldest}");
         // Every family has HELP and TYPE right before its samples; every sample is `name value`.
         let mut typed = std::collections::HashSet::new();
         for line in text.lines() {
@@ -490,7 +527,7 @@ mod tests {
                 assert!(typed.contains(family), "sample before its TYPE: {line}");
             }
         }
-        assert_eq!(typed.len(), 19);
+        assert_eq!(typed.len(), 21);
         assert!(text.ends_with('\n'));
     }
 

@@ -982,7 +982,7 @@ posta_queue_items{state=\"in_flight\"} 1
             &m,
             Some(QueueCounts {
                 waiting: 2,
-                in_flight: 0,
+                ..Default::default()
             }),
         ))
         .unwrap();

@@ -133,6 +133,19 @@ fn scrape_counts_a_message() {
         "{after}"
     );
     assert_eq!(value(&after, "posta_queue_items{state=\"in_flight\"}"), 0, "{after}");
+    // The new item is younger than 5 minutes; every item is counted in one age bucket.
+    assert_eq!(
+        value(&after, "posta_queue_items_by_age{age=\"5\"}"),
+        value(&before, "posta_queue_items_by_age{age=\"5\"}") + 1,
+        "{after}"
+    );
+    let by_age: u64 = after
+        .lines()
+        .filter(|l| l.starts_with("posta_queue_items_by_age{"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(by_age, waiting + 1, "{after}");
+    assert!(after.contains("\nposta_queue_oldest_age_seconds "), "{after}");
     assert!(value(&after, "posta_smtp_replies_total{code=\"250\"}") > 0, "{after}");
     assert!(value(&after, "posta_smtp_replies_total{code=\"220\"}") > 0, "{after}");
     assert!(
