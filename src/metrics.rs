@@ -21,6 +21,36 @@ pub struct ActorCounters {
     pub messages: AtomicU64,
     /// Time spent in the instrumented handlers of this kind.
     pub handler_seconds: Histogram,
+    /// Messages waiting in this kind's mailboxes (see [`MailboxTicket`]).
+    pub mailbox: AtomicU64,
+}
+
+/// Carried by a message: counts it in its actor kind's `mailbox` gauge from when it is built
+/// (just before it is sent) until the handler takes it, or it is dropped undelivered (the
+/// actor is gone). Exact without any lock: the gauge is incremented here and decremented on
+/// drop.
+#[derive(Debug)]
+pub struct MailboxTicket(Option<&'static AtomicU64>);
+
+impl MailboxTicket {
+    pub fn new(gauge: &'static AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        MailboxTicket(Some(gauge))
+    }
+
+    /// The handler has the message: no longer waiting (for handlers that keep the message
+    /// while they work).
+    pub fn taken(&mut self) {
+        if let Some(g) = self.0.take() {
+            g.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for MailboxTicket {
+    fn drop(&mut self) {
+        self.taken();
+    }
 }
 
 /// Upper bounds (seconds) of the histogram buckets; `+Inf` is implied.
@@ -227,6 +257,20 @@ pub fn render_prometheus(m: &Metrics, queue: Option<QueueCounts>) -> String {
     );
     for (kind, c) in &kinds {
         sample(&mut out, "posta_actor_live", Some(("kind", kind)), c.live());
+    }
+    header(
+        &mut out,
+        "posta_actor_mailbox_depth",
+        "gauge",
+        "Messages sent to actors of this kind and not yet taken by their handler, by actor kind.",
+    );
+    for (kind, c) in &kinds {
+        sample(
+            &mut out,
+            "posta_actor_mailbox_depth",
+            Some(("kind", kind)),
+            load(&c.mailbox),
+        );
     }
     header(
         &mut out,
@@ -527,8 +571,23 @@ mod tests {
                 assert!(typed.contains(family), "sample before its TYPE: {line}");
             }
         }
-        assert_eq!(typed.len(), 21);
+        assert_eq!(typed.len(), 22);
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn mailbox_tickets_count_until_taken_or_dropped() {
+        static GAUGE: AtomicU64 = AtomicU64::new(0);
+        let mut a = MailboxTicket::new(&GAUGE);
+        let b = MailboxTicket::new(&GAUGE);
+        assert_eq!(GAUGE.load(Ordering::Relaxed), 2);
+        a.taken();
+        assert_eq!(GAUGE.load(Ordering::Relaxed), 1);
+        a.taken(); // twice: counted once
+        drop(a);
+        assert_eq!(GAUGE.load(Ordering::Relaxed), 1);
+        drop(b); // dropped undelivered
+        assert_eq!(GAUGE.load(Ordering::Relaxed), 0);
     }
 
     #[test]

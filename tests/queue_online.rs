@@ -202,7 +202,11 @@ fn list_stat_hold_release_delete_flush_through_a_running_daemon() {
     // wheel; the original leaves the queue.
     let out = ok(&cfg, &["bounce", &m2, "--reason", "mailbox retired"]);
     let prefix = format!("bounced {m2}: DSN to <sender@client.example> queued as ");
-    let dsn = out.trim().strip_prefix(&prefix).unwrap_or_else(|| panic!("{out}")).to_string();
+    let dsn = out
+        .trim()
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
     assert!(!qdir.join(&m2).exists());
     assert!(qdir.join(&dsn).is_file(), "{dsn}");
     assert!(ok(&cfg, &["stat"]).contains("daemon: 3 waiting"));

@@ -117,14 +117,21 @@ fn posta_reload_command_reports_what_it_did() {
     let log = root.path().join("posta.log");
     let port = free_port();
     let d = spawn_logged(&cfg, port, &log);
-    assert!(eventually(|| cfg.join("../queue/.control").exists()), "no control socket");
+    assert!(
+        eventually(|| cfg.join("../queue/.control").exists()),
+        "no control socket"
+    );
     assert_eq!(rcpt_code(d.addr, "u@other.test"), 550);
 
     std::fs::write(cfg.join("host_list"), "example.test\nother.test\n").unwrap();
     let (ok, text) = reload();
     assert!(ok && text.contains("config reloaded"), "{text}");
     assert!(!text.contains("restart"), "{text}");
-    assert_eq!(rcpt_code(d.addr, "u@other.test"), 250, "reload not applied when the command returned");
+    assert_eq!(
+        rcpt_code(d.addr, "u@other.test"),
+        250,
+        "reload not applied when the command returned"
+    );
 
     // A setting read only at start: applied later, and the answer says so.
     std::fs::write(
@@ -133,11 +140,17 @@ fn posta_reload_command_reports_what_it_did() {
     )
     .unwrap();
     let (ok, text) = reload();
-    assert!(ok && text.contains("needing a restart: smtp.ini [main] nodes"), "{text}");
+    assert!(
+        ok && text.contains("needing a restart: smtp.ini [main] nodes"),
+        "{text}"
+    );
 
     std::fs::write(cfg.join("plugins"), "rcpt_to.in_host_list\nno.such.plugin\n").unwrap();
     std::fs::write(cfg.join("host_list"), "example.test\n").unwrap();
     let (ok, text) = reload();
-    assert!(!ok && text.contains("reload refused") && text.contains("no.such.plugin"), "{text}");
+    assert!(
+        !ok && text.contains("reload refused") && text.contains("no.such.plugin"),
+        "{text}"
+    );
     assert_eq!(rcpt_code(d.addr, "u@other.test"), 250, "broken config was applied");
 }

@@ -190,7 +190,7 @@ impl Driver {
     /// Stream body bytes to the Transaction actor; `send` waits when its mailbox is full.
     async fn body(&mut self, bytes: Vec<u8>) {
         let addr = self.transaction();
-        if addr.send(Chunk(bytes)).await.is_err() {
+        if addr.send(Chunk::new(bytes)).await.is_err() {
             tracing::warn!(uuid = %self.session.conn().uuid, "transaction actor gone");
         }
     }
@@ -213,14 +213,16 @@ impl Driver {
         };
         let addr = self.transaction();
         self.txn = None;
-        let r = match addr.send(Commit(req)).await {
+        let r = match addr.send(Commit::new(req)).await {
             Ok(r) => r,
             Err(e) => Err(CommitError::Temporary(e.to_string())),
         };
         if let (Ok(names), Some(q)) = (&r, self.shared.queue.get()) {
             // Bounded mailbox: hand over without waiting when there is room, else wait for
             // room rather than queue without limit.
-            if let Err(actix::prelude::SendError::Full(m)) = q.try_send(super::queue_manager::Enqueue(names.clone())) {
+            if let Err(actix::prelude::SendError::Full(m)) =
+                q.try_send(super::queue_manager::Enqueue::new(names.clone()))
+            {
                 let _ = q.send(m).await;
             }
         }

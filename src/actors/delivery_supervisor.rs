@@ -2,6 +2,7 @@
 //! each outcome to the QueueManager. It runs under `actix::Supervisor`, so it is restarted if
 //! it ever stops; a panic inside one delivery is caught at the QueueFile boundary.
 
+use crate::metrics::MailboxTicket;
 use std::rc::Rc;
 
 use actix::prelude::*;
@@ -12,7 +13,13 @@ use super::queue_manager::{Finished, QueueManager};
 /// Deliver this queue item now.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct DeliverItem(pub String);
+pub struct DeliverItem(pub String, pub MailboxTicket);
+
+impl DeliverItem {
+    pub fn new(name: String) -> Self {
+        DeliverItem(name, MailboxTicket::new(&crate::metrics::metrics().queue_file.mailbox))
+    }
+}
 
 /// Tell the supervisor where to report (set once, after the QueueManager started).
 #[derive(Message)]

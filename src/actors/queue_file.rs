@@ -20,7 +20,7 @@ use super::resolver::{DnsFailure, MxAnswer, ResolveHost, ResolveMx, Resolver};
 use crate::config::OutboundConfig;
 use crate::hooks::state::now_ms;
 use crate::hooks::{Delivery, HMail, HookResult, OutboundHook, Outcome};
-use crate::metrics::{inc, metrics};
+use crate::metrics::{inc, metrics, MailboxTicket};
 use crate::protocol::client::{DsnNotify, DsnRet, Envelope, EnvelopeRecipient, RcptOutcome};
 use crate::protocol::command::xtext_decode;
 use crate::protocol::dsn::{self, BounceTemplate, Diagnostic, DsnAction, RecipientReport};
@@ -138,10 +138,7 @@ impl Actor for QueueFile {
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(60_000);
                 tracing::error!(file = %act.name, retry_in_ms = wait, "delivery panicked; retrying later");
-                Finished {
-                    name: act.name.clone(),
-                    retry: Some((act.name.clone(), now_ms() + wait)),
-                }
+                Finished::new(act.name.clone(), Some((act.name.clone(), now_ms() + wait)))
             });
             act.report.do_send(finished);
             ctx.stop();
@@ -195,10 +192,7 @@ struct HandOver {
 }
 
 fn finished(name: &str, retry: Option<(String, u64)>) -> Finished {
-    Finished {
-        name: name.to_string(),
-        retry,
-    }
+    Finished::new(name.to_string(), retry)
 }
 
 async fn deliver(cx: Rc<DeliveryCtx>, name: String) -> Finished {
@@ -275,7 +269,7 @@ async fn dns_route(cx: &DeliveryCtx, domain: &str) -> Result<Vec<MxTarget>, Fate
         let ip = lit.strip_prefix("IPv6:").unwrap_or(lit);
         return Ok(vec![MxTarget::smtp(ip, cx.outbound.mx_port, 0, true)]);
     }
-    match cx.resolver.send(ResolveMx(domain.to_string())).await {
+    match cx.resolver.send(ResolveMx::new(domain.to_string())).await {
         Ok(Ok(MxAnswer::Records(mx))) if is_null_mx(&mx) => Err(Fate::Perm(Reason::local(
             "5.1.10",
             format!("Domain {domain} sends and receives no email (NULL MX)"),
@@ -315,7 +309,7 @@ async fn attempt(cx: &DeliveryCtx, item: &mut QueueItem) -> (Vec<Fate>, Option<H
 async fn target_ips(cx: &DeliveryCtx, t: &MxTarget) -> Result<Vec<IpAddr>, Reason> {
     let ips = match cx
         .resolver
-        .send(ResolveHost(t.host.clone(), cx.outbound.inet_prefer))
+        .send(ResolveHost::new(t.host.clone(), cx.outbound.inet_prefer))
         .await
     {
         Ok(Ok(ips)) => ips,
@@ -338,6 +332,7 @@ async fn target_ips(cx: &DeliveryCtx, t: &MxTarget) -> Result<Vec<IpAddr>, Reaso
 async fn try_target(cx: &DeliveryCtx, item: &QueueItem, t: &MxTarget) -> Result<(Vec<Fate>, Option<HandOver>), Reason> {
     let ips = target_ips(cx, t).await?;
     let msg = Deliver {
+        ticket: MailboxTicket::new(&metrics().remote_mx.mailbox),
         ips,
         envelope: envelope(item),
         body: BodySource {
@@ -640,7 +635,7 @@ async fn queue_dsn(cx: &DeliveryCtx, item: &QueueItem, reports: Vec<RecipientRep
     match res {
         Ok(Ok(names)) => {
             if let Some(m) = cx.manager.borrow().as_ref() {
-                m.do_send(Enqueue(names));
+                m.do_send(Enqueue::new(names));
             }
             true
         }

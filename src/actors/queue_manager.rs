@@ -11,7 +11,7 @@ use actix::prelude::*;
 use super::control::IdResult;
 use super::delivery_supervisor::{DeliverItem, DeliverySupervisor};
 use crate::hooks::state::now_ms;
-use crate::metrics::{inc, metrics};
+use crate::metrics::{inc, metrics, MailboxTicket};
 use crate::queue::file::QueueName;
 use crate::queue::inspect::{self, InspectError};
 use crate::queue::item;
@@ -20,7 +20,13 @@ use crate::queue::timer_wheel::TimerWheel;
 /// New queue files from an inbound commit (due now).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Enqueue(pub Vec<String>);
+pub struct Enqueue(pub Vec<String>, pub MailboxTicket);
+
+impl Enqueue {
+    pub fn new(names: Vec<String>) -> Self {
+        Enqueue(names, MailboxTicket::new(&metrics().queue_manager.mailbox))
+    }
+}
 
 /// A delivery attempt finished.
 #[derive(Message, Debug)]
@@ -29,6 +35,17 @@ pub struct Finished {
     pub name: String,
     /// The item is still queued under this name, due at this time (ms).
     pub retry: Option<(String, u64)>,
+    pub ticket: MailboxTicket,
+}
+
+impl Finished {
+    pub fn new(name: String, retry: Option<(String, u64)>) -> Self {
+        Finished {
+            name,
+            retry,
+            ticket: MailboxTicket::new(&metrics().queue_manager.mailbox),
+        }
+    }
 }
 
 /// Retry everything now (SIGUSR1 / `posta queue flush`).
@@ -161,7 +178,9 @@ impl QueueManager {
         };
         let name = inspect::locate(&self.dir, id).map_err(|e| e.to_string())?.name;
         if self.in_flight.contains(&name) {
-            return Err(format!("{name} is being delivered now; try again when the attempt is over"));
+            return Err(format!(
+                "{name} is being delivered now; try again when the attempt is over"
+            ));
         }
         let due = self.wheel.due_of(&name);
         if due.is_some() {
@@ -271,7 +290,7 @@ impl QueueManager {
             let room = self.concurrency.saturating_sub(self.in_flight.len());
             for name in self.wheel.pop_due(now, room) {
                 self.in_flight.insert(name.clone());
-                self.supervisor.do_send(DeliverItem(name));
+                self.supervisor.do_send(DeliverItem::new(name));
             }
         }
         self.arm(ctx);

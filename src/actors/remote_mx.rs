@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::client::TlsStream;
 
 use crate::config::OutboundConfig;
-use crate::metrics::{inc, metrics};
+use crate::metrics::{inc, metrics, MailboxTicket};
 use crate::protocol::client::{
     BodyTail, ClientAction, ClientConfig, ClientError, ClientSession, CloseReason, Envelope, MessageResult,
 };
@@ -47,6 +47,7 @@ pub struct Deliver {
     pub ips: Vec<IpAddr>,
     pub envelope: Envelope,
     pub body: BodySource,
+    pub ticket: MailboxTicket,
 }
 
 /// The per-recipient result and how it went.
@@ -147,7 +148,8 @@ fn prune(idle: &Rc<RefCell<VecDeque<Conn>>>, limit: Duration) {
 impl Handler<Deliver> for RemoteMx {
     type Result = ResponseFuture<Result<Delivered, ClientError>>;
 
-    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, mut msg: Deliver, _: &mut Self::Context) -> Self::Result {
+        msg.ticket.taken();
         let job = Job {
             key: self.key.clone(),
             settings: self.settings.clone(),

@@ -11,7 +11,7 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::{ResolveError, TokioResolver};
 
 use crate::config::outbound::InetPrefer;
-use crate::metrics::{inc, metrics};
+use crate::metrics::{inc, metrics, MailboxTicket};
 
 /// Why a lookup did not give an answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,12 +36,24 @@ pub enum MxAnswer {
 /// Look up the MX records of a domain.
 #[derive(Message)]
 #[rtype(result = "Result<MxAnswer, DnsFailure>")]
-pub struct ResolveMx(pub String);
+pub struct ResolveMx(pub String, pub MailboxTicket);
+
+impl ResolveMx {
+    pub fn new(domain: String) -> Self {
+        ResolveMx(domain, MailboxTicket::new(&metrics().resolver.mailbox))
+    }
+}
 
 /// Look up a host's addresses, ordered by preference.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<IpAddr>, DnsFailure>")]
-pub struct ResolveHost(pub String, pub InetPrefer);
+pub struct ResolveHost(pub String, pub InetPrefer, pub MailboxTicket);
+
+impl ResolveHost {
+    pub fn new(host: String, prefer: InetPrefer) -> Self {
+        ResolveHost(host, prefer, MailboxTicket::new(&metrics().resolver.mailbox))
+    }
+}
 
 pub struct Resolver {
     inner: TokioResolver,
@@ -104,7 +116,8 @@ fn failure(e: &ResolveError) -> DnsFailure {
 impl Handler<ResolveMx> for Resolver {
     type Result = ResponseFuture<Result<MxAnswer, DnsFailure>>;
 
-    fn handle(&mut self, msg: ResolveMx, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, mut msg: ResolveMx, _: &mut Self::Context) -> Self::Result {
+        msg.1.taken();
         let entered = std::time::Instant::now();
         inc(&metrics().resolver.messages);
         let r = self.inner.clone();
@@ -130,7 +143,8 @@ impl Handler<ResolveMx> for Resolver {
 impl Handler<ResolveHost> for Resolver {
     type Result = ResponseFuture<Result<Vec<IpAddr>, DnsFailure>>;
 
-    fn handle(&mut self, msg: ResolveHost, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, mut msg: ResolveHost, _: &mut Self::Context) -> Self::Result {
+        msg.2.taken();
         let r = self.inner.clone();
         Box::pin(async move {
             if let Ok(ip) = msg.0.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::metrics::{inc, metrics};
+use crate::metrics::{inc, metrics, MailboxTicket};
 use crate::protocol::session::CommitError;
 use crate::queue::spool::{CommitRequest, MessageBody, Spool};
 
@@ -19,12 +19,24 @@ static COMMIT_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(
 /// Body bytes in stored form.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Chunk(pub Vec<u8>);
+pub struct Chunk(pub Vec<u8>, pub MailboxTicket);
+
+impl Chunk {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Chunk(bytes, MailboxTicket::new(&metrics().transaction.mailbox))
+    }
+}
 
 /// Commit the message; answers with the queue file names.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<String>, CommitError>")]
-pub struct Commit(pub CommitRequest);
+pub struct Commit(pub CommitRequest, pub MailboxTicket);
+
+impl Commit {
+    pub fn new(req: CommitRequest) -> Self {
+        Commit(req, MailboxTicket::new(&metrics().transaction.mailbox))
+    }
+}
 
 pub struct TransactionActor {
     spool: Arc<Spool>,
@@ -84,6 +96,7 @@ impl Handler<Chunk> for TransactionActor {
     type Result = ();
 
     fn handle(&mut self, msg: Chunk, _: &mut Self::Context) {
+        inc(&metrics().transaction.messages);
         if self.failed.is_some() {
             return;
         }
@@ -103,7 +116,8 @@ impl Handler<Chunk> for TransactionActor {
 impl Handler<Commit> for TransactionActor {
     type Result = ResponseFuture<Result<Vec<String>, CommitError>>;
 
-    fn handle(&mut self, msg: Commit, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, mut msg: Commit, ctx: &mut Self::Context) -> Self::Result {
+        msg.1.taken();
         let entered = std::time::Instant::now();
         inc(&metrics().transaction.messages);
         let spool = self.spool.clone();
