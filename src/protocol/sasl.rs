@@ -164,6 +164,51 @@ pub fn encode(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
 
+/// How the server side offers and guards AUTH (`auth.ini`, see docs/auth.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// Mechanisms the auth plugins can check; empty: AUTH is not offered (the command is
+    /// then an unrecognized one, as in Haraka without an auth plugin).
+    pub mechanisms: Vec<Mechanism>,
+    /// `[main] plaintext_private`: offer AUTH without TLS to private and loopback remotes
+    /// (Haraka's auth/flat_file rule). Public remotes always need TLS.
+    pub plaintext_private: bool,
+    /// `[main] submission_ports`: local ports where MAIL needs a relaying (authenticated)
+    /// client (Haraka hard-codes 587 and 465).
+    pub submission_ports: Vec<u16>,
+    /// `[main] failure_delay_ms`: pause before the first `535`; doubles with each failure.
+    pub failure_delay: std::time::Duration,
+    /// `[main] failure_delay_max_ms`: the longest pause.
+    pub failure_delay_max: std::time::Duration,
+    /// `[main] max_failures`: after this many failures, `421` and close (0: never).
+    pub max_failures: u32,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            mechanisms: Vec::new(),
+            plaintext_private: true,
+            submission_ports: vec![587, 465],
+            failure_delay: std::time::Duration::from_secs(1),
+            failure_delay_max: std::time::Duration::from_secs(16),
+            max_failures: 5,
+        }
+    }
+}
+
+impl AuthSettings {
+    /// The pause before answering failure number `n` (1-based): the base delay doubled
+    /// `n - 1` times, capped (Haraka waits 2^(n-1) seconds).
+    pub fn delay(&self, n: u32) -> std::time::Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.failure_delay
+            .checked_mul(factor)
+            .unwrap_or(self.failure_delay_max)
+            .min(self.failure_delay_max)
+    }
+}
+
 /// Why an exchange failed before any backend was asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SaslError {
@@ -471,6 +516,14 @@ mod tests {
         assert!(a.verify("pw"));
         let unpadded = encode(b"\0al\0pw0").trim_end_matches('=').to_string();
         assert!(done(Exchange::start(Mechanism::Plain, Some(&unpadded), "")).verify("pw0"));
+    }
+
+    #[test]
+    fn failure_delay_grows_and_caps() {
+        let s = AuthSettings::default();
+        let secs: Vec<u64> = [1, 2, 3, 4, 5, 6, 40].map(|n| s.delay(n).as_secs()).to_vec();
+        assert_eq!(secs, vec![1, 2, 4, 8, 16, 16, 16]);
+        assert_eq!(s.delay(0).as_secs(), 1);
     }
 
     #[test]
