@@ -280,7 +280,10 @@ fn load_auth(f: &IniFile) -> Result<AuthSettings, ConfigError> {
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(|p| p.parse::<u16>().map_err(|_| f.invalid("main", "submission_ports", format!("'{p}' is not a port"))))
+            .map(|p| {
+                p.parse::<u16>()
+                    .map_err(|_| f.invalid("main", "submission_ports", format!("'{p}' is not a port")))
+            })
             .collect::<Result<Vec<u16>, ConfigError>>()?,
     };
     let ms = |key: &str, def: Duration| -> Result<Duration, ConfigError> {
@@ -292,7 +295,9 @@ fn load_auth(f: &IniFile) -> Result<AuthSettings, ConfigError> {
         submission_ports: ports,
         failure_delay: ms("failure_delay_ms", d.failure_delay)?,
         failure_delay_max: ms("failure_delay_max_ms", d.failure_delay_max)?,
-        max_failures: f.u64("main", "max_failures", u64::from(d.max_failures))?.min(u64::from(u32::MAX)) as u32,
+        max_failures: f
+            .u64("main", "max_failures", u64::from(d.max_failures))?
+            .min(u64::from(u32::MAX)) as u32,
     })
 }
 
@@ -366,7 +371,10 @@ mod tests {
         assert_eq!(a.max_failures, 0);
         std::fs::write(d.path().join("auth.ini"), "[main]\nsubmission_ports=587,smtp\n").unwrap();
         let e = Config::load(d.path()).unwrap_err();
-        assert_eq!((e.file.as_str(), e.key.as_deref()), ("auth.ini", Some("[main] submission_ports")));
+        assert_eq!(
+            (e.file.as_str(), e.key.as_deref()),
+            ("auth.ini", Some("[main] submission_ports"))
+        );
     }
 
     #[test]

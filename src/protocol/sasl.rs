@@ -42,7 +42,9 @@ impl Mechanism {
 
     /// The IANA name, case-insensitive (RFC 4422 3.1).
     pub fn parse(name: &str) -> Option<Mechanism> {
-        Mechanism::ALL.into_iter().find(|m| m.as_str().eq_ignore_ascii_case(name))
+        Mechanism::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(name))
     }
 
     pub fn as_str(self) -> &'static str {
@@ -290,10 +292,7 @@ impl Exchange {
         match (mech, initial) {
             (Mechanism::Plain, None) => Ok(Step::Challenge(Exchange(State::Plain), String::new())),
             (Mechanism::Plain, Some(i)) => plain(&decode_initial(i)?),
-            (Mechanism::Login, None) => Ok(Step::Challenge(
-                Exchange(State::LoginUser),
-                LOGIN_USER_PROMPT.into(),
-            )),
+            (Mechanism::Login, None) => Ok(Step::Challenge(Exchange(State::LoginUser), LOGIN_USER_PROMPT.into())),
             (Mechanism::Login, Some(i)) => login_user(&decode_initial(i)?),
             (Mechanism::CramMd5, None) => Ok(Step::Challenge(
                 Exchange(State::CramMd5(challenge.to_string())),
@@ -355,8 +354,7 @@ fn user(data: Vec<u8>) -> Result<String, SaslError> {
 /// `[authzid] NUL authcid NUL passwd` (RFC 4616 2).
 fn plain(data: &[u8]) -> Result<Step, SaslError> {
     let mut parts = data.split(|&b| b == 0);
-    let (Some(authz), Some(authc), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(authz), Some(authc), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(SaslError::Malformed("PLAIN response"));
     };
     let authc = user(authc.to_vec())?;
@@ -436,13 +434,23 @@ mod tests {
         let a = done(x.respond(&encode(b"alice\0alice\0pw")));
         assert_eq!(a.user, "alice");
         let (x, _) = challenge(Exchange::start(Mechanism::Plain, None, ""));
-        assert_eq!(x.respond(&encode(b"bob\0alice\0pw")).unwrap_err(), SaslError::AuthzidNotPermitted);
+        assert_eq!(
+            x.respond(&encode(b"bob\0alice\0pw")).unwrap_err(),
+            SaslError::AuthzidNotPermitted
+        );
         assert!(SaslError::AuthzidNotPermitted.is_failure());
     }
 
     #[test]
     fn plain_malformed() {
-        for bad in [&b"alice\0pw"[..], b"\0\0pw", b"a\0b\0c\0d", b"\0al\x01ice\0pw", b"\0\xff\0pw", b""] {
+        for bad in [
+            &b"alice\0pw"[..],
+            b"\0\0pw",
+            b"a\0b\0c\0d",
+            b"\0al\x01ice\0pw",
+            b"\0\xff\0pw",
+            b"",
+        ] {
             let r = Exchange::start(Mechanism::Plain, Some(&encode(bad)), "");
             assert!(matches!(r, Err(SaslError::Malformed(_))), "{bad:?}: {r:?}");
         }
@@ -486,9 +494,17 @@ mod tests {
 
     #[test]
     fn cram_md5_malformed() {
-        for bad in ["tim", "tim b913a6", " b913a602c7eda7a495b4e6e7334d3890", "tim zz13a602c7eda7a495b4e6e7334d3890"] {
+        for bad in [
+            "tim",
+            "tim b913a6",
+            " b913a602c7eda7a495b4e6e7334d3890",
+            "tim zz13a602c7eda7a495b4e6e7334d3890",
+        ] {
             let (x, _) = challenge(Exchange::start(Mechanism::CramMd5, None, "<1.2@h>"));
-            assert!(matches!(x.respond(&encode(bad.as_bytes())), Err(SaslError::Malformed(_))), "{bad}");
+            assert!(
+                matches!(x.respond(&encode(bad.as_bytes())), Err(SaslError::Malformed(_))),
+                "{bad}"
+            );
         }
         assert_eq!(
             Exchange::start(Mechanism::CramMd5, Some("abc"), "<1.2@h>").unwrap_err(),
@@ -506,7 +522,10 @@ mod tests {
             Exchange::start(Mechanism::Plain, Some("*"), "").unwrap_err(),
             SaslError::Cancelled
         );
-        assert_eq!(SaslError::Cancelled.reply().to_wire(), "501 5.0.0 Authentication cancelled\r\n");
+        assert_eq!(
+            SaslError::Cancelled.reply().to_wire(),
+            "501 5.0.0 Authentication cancelled\r\n"
+        );
         assert_eq!(SaslError::BadBase64.reply().code, 501);
     }
 
@@ -528,7 +547,11 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let a = done(Exchange::start(Mechanism::Plain, Some(&encode(b"\0alice\0hunter2")), ""));
+        let a = done(Exchange::start(
+            Mechanism::Plain,
+            Some(&encode(b"\0alice\0hunter2")),
+            "",
+        ));
         for s in [format!("{a:?}"), format!("{a}"), format!("{:?}", a.credential)] {
             assert!(!s.contains("hunter2"), "{s}");
             assert!(s.contains("alice") || s.contains("redacted"), "{s}");

@@ -1273,7 +1273,11 @@ impl Session {
             return Err(Reply::ext(503, (5, 5, 1), "Already authenticated"));
         }
         if self.txn.is_some() {
-            return Err(Reply::ext(503, (5, 5, 1), "AUTH not permitted during a mail transaction"));
+            return Err(Reply::ext(
+                503,
+                (5, 5, 1),
+                "AUTH not permitted during a mail transaction",
+            ));
         }
         if !self.auth_allowed() {
             return Err(Reply::ext(
@@ -1359,7 +1363,11 @@ impl Session {
         let delay = self.cfg.auth.delay(n);
         let max = self.cfg.auth.max_failures;
         if max > 0 && n >= max {
-            self.reply(Reply::ext(421, (4, 7, 0), "Too many authentication failures, closing connection"));
+            self.reply(Reply::ext(
+                421,
+                (4, 7, 0),
+                "Too many authentication failures, closing connection",
+            ));
             self.close();
         } else {
             self.reply(refuse_text(sasl::failure_reply(), &msg));

@@ -76,7 +76,10 @@ fn plain(user: &str, pass: &str) -> String {
 
 #[test]
 fn plain_with_initial_response() {
-    let input = format!("EHLO c\r\nAUTH PLAIN {}\r\nMAIL FROM:<a@b.test>\r\n", plain("alice", "pw"));
+    let input = format!(
+        "EHLO c\r\nAUTH PLAIN {}\r\nMAIL FROM:<a@b.test>\r\n",
+        plain("alice", "pw")
+    );
     let r = run(input.as_bytes());
     assert!(r.out.contains("250 AUTH PLAIN LOGIN CRAM-MD5\r\n"), "{}", r.out);
     assert_eq!(codes(&r.out), vec![220, 250, 235, 250]);
@@ -96,7 +99,11 @@ fn plain_separate_step_and_login() {
     assert!(r.out.contains("\r\n334 \r\n"), "{}", r.out);
     let input = format!("EHLO c\r\nAUTH LOGIN\r\n{}\r\n{}\r\n", encode(b"alice"), encode(b"pw"));
     let r = run(input.as_bytes());
-    assert!(r.out.contains("334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 "), "{}", r.out);
+    assert!(
+        r.out.contains("334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 "),
+        "{}",
+        r.out
+    );
 }
 
 #[test]
@@ -111,7 +118,12 @@ fn cancel_bad_base64_unknown_mechanism() {
 
 #[test]
 fn mechanism_not_offered_is_504() {
-    let r = run_from(cfg(&[Mechanism::Plain]), "127.0.0.1", 25, b"EHLO c\r\nAUTH CRAM-MD5\r\n");
+    let r = run_from(
+        cfg(&[Mechanism::Plain]),
+        "127.0.0.1",
+        25,
+        b"EHLO c\r\nAUTH CRAM-MD5\r\n",
+    );
     assert!(r.out.contains("250 AUTH PLAIN\r\n"), "{}", r.out);
     assert_eq!(codes(&r.out), vec![220, 250, 504]);
 }
@@ -165,8 +177,12 @@ fn cram_md5_round_trip() {
     }
     let out = String::from_utf8(s.take_output()).unwrap();
     let b64 = out.lines().last().unwrap().strip_prefix("334 ").unwrap();
-    let challenge = String::from_utf8(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap()).unwrap();
-    assert!(challenge.starts_with('<') && challenge.ends_with("@mx.test>"), "{challenge}");
+    let challenge =
+        String::from_utf8(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap()).unwrap();
+    assert!(
+        challenge.starts_with('<') && challenge.ends_with("@mx.test>"),
+        "{challenge}"
+    );
     let digest = sasl::cram_md5_digest("pw", &challenge);
     s.receive(format!("{}\r\n", encode(format!("alice {digest}").as_bytes())).as_bytes());
     match s.next_action() {
