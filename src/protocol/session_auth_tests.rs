@@ -237,3 +237,32 @@ fn without_auth_plugins_auth_is_unrecognized() {
     assert!(!r.out.contains("AUTH"));
     assert_eq!(codes(&r.out), vec![220, 250, 500]);
 }
+
+#[test]
+fn garbage_in_the_exchange_never_panics() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4954);
+    let alphabet = b"AB+/=* \r\n\0\x16\x03\xffz9";
+    for start in [
+        "AUTH PLAIN",
+        "AUTH LOGIN",
+        "AUTH CRAM-MD5",
+        "AUTH PLAIN =",
+        "AUTH LOGIN *",
+    ] {
+        for _ in 0..200 {
+            let mut input = format!("EHLO c\r\n{start}\r\n").into_bytes();
+            let n = rng.gen_range(0..700);
+            input.extend((0..n).map(|_| alphabet[rng.gen_range(0..alphabet.len())]));
+            let r = run(&input);
+            assert!(r.closed);
+            assert!(
+                codes(&r.out)
+                    .iter()
+                    .all(|c| [220, 250, 334, 235, 421, 500, 501, 503, 504, 535].contains(c)),
+                "{}",
+                r.out
+            );
+        }
+    }
+}
