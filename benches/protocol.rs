@@ -218,7 +218,7 @@ fn run_session(cfg: &Arc<SessionConfig>, reads: &[Vec<u8>]) -> usize {
             Action::Hook(_) => s.hook_done(HookResult::CONT),
             Action::Body(b) => body += b.len(),
             Action::Commit => s.commit_done(Ok("queued".into())),
-            Action::Discard => {}
+            Action::Discard | Action::Pause(_) => {}
             Action::NeedInput => {
                 replies += s.take_output().len();
                 if next < reads.len() {

@@ -52,7 +52,7 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
         })?
         .with_always_split(cfg.outbound.always_split);
     let shared = Arc::new(Shared {
-        session: std::sync::RwLock::new(Arc::new(cfg.session_config(chain.hook_set()))),
+        session: std::sync::RwLock::new(Arc::new(cfg.session_for(&chain))),
         chain: Arc::new(std::sync::RwLock::new(Arc::new(chain))),
         spool: Arc::new(spool),
         spool_after: cfg.spool_after,
@@ -433,7 +433,7 @@ impl Reloader {
             }
         };
         let (cfg, chain) = new;
-        let session = cfg.session_config(chain.hook_set());
+        let session = cfg.session_for(&chain);
         shared.replace(chain, session);
         let restart = self.restart_needed(&cfg);
         for what in &restart {

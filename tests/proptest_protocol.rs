@@ -756,7 +756,7 @@ fn drive(segs: &[&[u8]], answers: &Answers) -> Result<Vec<u8>, TestCaseError> {
                 };
                 s.commit_done(r);
             }
-            Action::Body(_) | Action::Discard => {}
+            Action::Body(_) | Action::Discard | Action::Pause(_) => {}
             Action::NeedInput => {
                 out.extend_from_slice(&s.take_output());
                 if next_seg < segs.len() {

@@ -90,7 +90,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 s.commit_done(r);
             }
-            Action::Body(_) | Action::Discard => {}
+            Action::Body(_) | Action::Discard | Action::Pause(_) => {}
             Action::NeedInput => {
                 out.extend_from_slice(&s.take_output());
                 match segs.next() {

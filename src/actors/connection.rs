@@ -143,6 +143,7 @@ impl Driver {
                 Action::Discard => self.txn = None,
                 Action::NeedInput => self.input().await,
                 Action::Close => return self.close().await,
+                Action::Pause(d) => tokio::time::sleep(d).await,
             }
         }
     }
@@ -154,6 +155,10 @@ impl Driver {
         let mut cx = HookContext { conn, txn };
         match chain.run(&hook, &mut cx).await {
             Ok(r) => {
+                if let crate::hooks::Hook::Auth(a) = &hook {
+                    // User and mechanism only: the credential never reaches a log line.
+                    tracing::info!(user = %a.user, mechanism = %a.mechanism, outcome = %r.outcome, "auth");
+                }
                 self.session.hook_done(r);
                 true
             }
@@ -311,6 +316,7 @@ impl Driver {
         tracing::info!(
             helo = c.hello.as_ref().map(|h| h.host.as_str()).unwrap_or(""),
             relay = c.relaying,
+            auth_user = c.auth_user.as_deref().unwrap_or(""),
             early = c.early_talker,
             esmtp = c.esmtp(),
             tls = c.tls,

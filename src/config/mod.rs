@@ -14,6 +14,7 @@ pub use ini::IniFile;
 pub use outbound::OutboundConfig;
 
 use crate::hooks::HookSet;
+use crate::protocol::sasl::AuthSettings;
 use crate::protocol::session::{BareEol, SessionConfig};
 
 /// A configuration problem: which file, which key, what is wrong.
@@ -107,7 +108,8 @@ impl Config {
         };
         let smtp = load_smtp(&IniFile::load(dir, "smtp.ini")?)?;
         let conn_ini = IniFile::load(dir, "connection.ini")?;
-        let session = load_session(&conn_ini, &me)?;
+        let mut session = load_session(&conn_ini, &me)?;
+        session.auth = load_auth(&IniFile::load(dir, "auth.ini")?)?;
         let spool_after = conn_ini.i64("main", "spool_after", 262_144)?;
         let spool_after = if spool_after < 0 {
             usize::MAX
@@ -148,6 +150,14 @@ impl Config {
     pub fn session_config(&self, hooks: HookSet) -> SessionConfig {
         let mut s = self.session.clone();
         s.hooks = hooks;
+        s
+    }
+
+    /// The session settings for a plugin chain: its hooks and the AUTH mechanisms its
+    /// plugins can check.
+    pub fn session_for(&self, chain: &crate::hooks::PluginChain) -> SessionConfig {
+        let mut s = self.session_config(chain.hook_set());
+        s.auth.mechanisms = chain.auth_mechanisms().to_vec();
         s
     }
 
@@ -257,6 +267,37 @@ fn load_session(f: &IniFile, me: &str) -> Result<SessionConfig, ConfigError> {
         add_received: f.bool("headers", "add_received", d.add_received)?,
         bare_eol,
         hooks: HookSet::all(),
+        auth: AuthSettings::default(),
+    })
+}
+
+/// `auth.ini`: when SMTP AUTH is offered and how failures are slowed down (docs/auth.md).
+fn load_auth(f: &IniFile) -> Result<AuthSettings, ConfigError> {
+    let d = AuthSettings::default();
+    let ports = match f.get("main", "submission_ports") {
+        None => d.submission_ports.clone(),
+        Some(v) => v
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<u16>()
+                    .map_err(|_| f.invalid("main", "submission_ports", format!("'{p}' is not a port")))
+            })
+            .collect::<Result<Vec<u16>, ConfigError>>()?,
+    };
+    let ms = |key: &str, def: Duration| -> Result<Duration, ConfigError> {
+        Ok(Duration::from_millis(f.u64("main", key, def.as_millis() as u64)?))
+    };
+    Ok(AuthSettings {
+        mechanisms: Vec::new(),
+        plaintext_private: f.bool("main", "plaintext_private", d.plaintext_private)?,
+        submission_ports: ports,
+        failure_delay: ms("failure_delay_ms", d.failure_delay)?,
+        failure_delay_max: ms("failure_delay_max_ms", d.failure_delay_max)?,
+        max_failures: f
+            .u64("main", "max_failures", u64::from(d.max_failures))?
+            .min(u64::from(u32::MAX)) as u32,
     })
 }
 
@@ -311,6 +352,29 @@ mod tests {
         assert_eq!(c.smtp.inactivity_timeout, Duration::from_secs(300));
         assert_eq!(c.smtp.listen[0].port(), 25);
         assert!(c.plugins.is_empty());
+    }
+
+    #[test]
+    fn auth_ini_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::load(d.path()).unwrap();
+        assert_eq!(c.session.auth, AuthSettings::default());
+        std::fs::write(
+            d.path().join("auth.ini"),
+            "[main]\nplaintext_private=false\nsubmission_ports=2587, 2465\nfailure_delay_ms=10\nmax_failures=0\n",
+        )
+        .unwrap();
+        let a = Config::load(d.path()).unwrap().session.auth;
+        assert!(!a.plaintext_private);
+        assert_eq!(a.submission_ports, vec![2587, 2465]);
+        assert_eq!(a.failure_delay, Duration::from_millis(10));
+        assert_eq!(a.max_failures, 0);
+        std::fs::write(d.path().join("auth.ini"), "[main]\nsubmission_ports=587,smtp\n").unwrap();
+        let e = Config::load(d.path()).unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key.as_deref()),
+            ("auth.ini", Some("[main] submission_ports"))
+        );
     }
 
     #[test]

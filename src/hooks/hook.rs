@@ -3,6 +3,7 @@
 use super::state::Recipient;
 use crate::protocol::address::Mailbox;
 use crate::protocol::command::MailParams;
+use crate::protocol::sasl::AuthAttempt;
 
 /// Every hook name posta runs, in Haraka's spelling (see [`HookName::as_str`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,6 +31,8 @@ pub enum HookName {
     ResetTransaction,
     Quit,
     Disconnect,
+    /// posta's own: a finished SMTP AUTH exchange for the auth backends to judge.
+    Auth,
     // Outbound hooks (Outbound.md), run by the delivery side with an `HMail`.
     PreSendTransEmail,
     SendEmail,
@@ -41,7 +44,7 @@ pub enum HookName {
 
 impl HookName {
     /// All hooks, inbound in session order, then outbound.
-    pub const ALL: [HookName; 28] = [
+    pub const ALL: [HookName; 29] = [
         HookName::ConnectInit,
         HookName::LookupRdns,
         HookName::Connect,
@@ -64,6 +67,7 @@ impl HookName {
         HookName::ResetTransaction,
         HookName::Quit,
         HookName::Disconnect,
+        HookName::Auth,
         HookName::PreSendTransEmail,
         HookName::SendEmail,
         HookName::GetMx,
@@ -97,6 +101,7 @@ impl HookName {
             HookName::ResetTransaction => "reset_transaction",
             HookName::Quit => "quit",
             HookName::Disconnect => "disconnect",
+            HookName::Auth => "auth",
             HookName::PreSendTransEmail => "pre_send_trans_email",
             HookName::SendEmail => "send_email",
             HookName::GetMx => "get_mx",
@@ -167,6 +172,9 @@ pub enum Hook {
     ResetTransaction,
     Quit,
     Disconnect,
+    /// SMTP AUTH credentials to check (Debug prints the user, never the secret). OK
+    /// authenticates, DENY (or no plugin saying OK) fails, DENYSOFT is a temporary failure.
+    Auth(AuthAttempt),
     /// Outbound: just before the message is written to the queue (Haraka's
     /// `send_trans_email`); the result is ignored.
     PreSendTransEmail,
@@ -197,6 +205,7 @@ impl Hook {
             Hook::ResetTransaction => HookName::ResetTransaction,
             Hook::Quit => HookName::Quit,
             Hook::Disconnect => HookName::Disconnect,
+            Hook::Auth(_) => HookName::Auth,
             Hook::PreSendTransEmail => HookName::PreSendTransEmail,
         }
     }

@@ -13,6 +13,7 @@ use super::outbound::{HMail, OutboundHook};
 use super::outcome::{HookResult, Outcome};
 use super::state::{Connection, Transaction};
 use crate::config::{Config, ConfigError};
+use crate::protocol::sasl::Mechanism;
 
 /// What a plugin sees during a hook: the connection and, from MAIL on, the transaction.
 pub struct HookContext<'a> {
@@ -50,6 +51,11 @@ pub trait Plugin: Send + Sync {
     /// The plugin's own default timeout; `config/<name>.timeout` overrides it.
     fn timeout(&self) -> Option<Duration> {
         None
+    }
+    /// SASL mechanisms this plugin can check in the `auth` hook. The session advertises the
+    /// union over all plugins (none: AUTH is not offered).
+    fn auth_mechanisms(&self) -> &[Mechanism] {
+        &[]
     }
 }
 
@@ -129,6 +135,8 @@ pub struct PluginChain {
     /// `config/<plugin>.timeout` overrides.
     timeouts: HashMap<String, Duration>,
     set: HookSet,
+    /// Union of the plugins' [`Plugin::auth_mechanisms`], in advertising order.
+    auth_mechanisms: Vec<Mechanism>,
 }
 
 impl PluginChain {
@@ -141,12 +149,21 @@ impl PluginChain {
                 set.insert(*h);
             }
         }
+        let mut auth_mechanisms: Vec<Mechanism> = plugins.iter().flat_map(|p| p.auth_mechanisms().to_vec()).collect();
+        auth_mechanisms.sort();
+        auth_mechanisms.dedup();
         PluginChain {
             by_hook,
             timeout,
             timeouts: HashMap::new(),
             set,
+            auth_mechanisms,
         }
+    }
+
+    /// The SASL mechanisms some plugin can check (empty: no AUTH).
+    pub fn auth_mechanisms(&self) -> &[Mechanism] {
+        &self.auth_mechanisms
     }
 
     /// The hooks that have at least one plugin.

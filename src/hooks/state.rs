@@ -86,6 +86,10 @@ pub struct Connection {
     pub tran_count: u32,
     /// Messages accepted.
     pub msgs_accepted: u32,
+    /// The user that passed SMTP AUTH (also in `notes.auth_user`, as Haraka keeps it).
+    pub auth_user: Option<String>,
+    /// Failed SMTP AUTH attempts so far (the brute-force counter).
+    pub auth_failures: u32,
 }
 
 impl Connection {
@@ -105,6 +109,8 @@ impl Connection {
             unrecognized_commands: 0,
             tran_count: 0,
             msgs_accepted: 0,
+            auth_user: None,
+            auth_failures: 0,
         }
     }
 

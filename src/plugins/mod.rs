@@ -1,5 +1,6 @@
 //! Built-in plugins, one file per Haraka plugin name.
 
+pub mod auth;
 pub mod deliver;
 #[path = "early_talker.rs"]
 pub mod early_talker;
@@ -28,4 +29,6 @@ pub fn register_builtins(r: &mut PluginRegistry) {
     r.register("queue/smtp_forward", queue::smtp_forward::SmtpForward::build);
     r.register("queue/lmtp", queue::lmtp::Lmtp::build);
     r.register("deliver/maildir", deliver::maildir::Maildir::build);
+    r.register("auth/flat_file", auth::flat_file::FlatFile::build);
+    r.register("auth/auth_proxy", auth::auth_proxy::AuthProxy::build);
 }

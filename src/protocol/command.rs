@@ -26,6 +26,8 @@ pub enum Command<'a> {
     Quit(&'a str),
     Vrfy(&'a str),
     Help,
+    /// `AUTH mechanism [initial-response]` (RFC 4954), argument text as sent.
+    Auth(&'a str),
     /// Anything else; goes to the `unrecognized_command` hook with verb and arguments.
     Unknown {
         verb: &'a str,
@@ -48,6 +50,7 @@ impl Command<'_> {
             Command::Quit(_) => "QUIT",
             Command::Vrfy(_) => "VRFY",
             Command::Help => "HELP",
+            Command::Auth(_) => "AUTH",
             Command::Unknown { .. } => "UNKNOWN",
         }
     }
@@ -129,6 +132,8 @@ pub fn parse_command(line: &str) -> Command<'_> {
         Command::Vrfy(args)
     } else if is("HELP") {
         Command::Help
+    } else if is("AUTH") {
+        Command::Auth(args)
     } else {
         Command::Unknown { verb, args }
     }

@@ -4,6 +4,7 @@ pub mod address;
 pub mod command;
 pub mod data;
 pub mod reply;
+pub mod sasl;
 pub mod session;
 
 pub use reply::Reply;

@@ -7,6 +7,7 @@
 //! - [`Action::Body`]: message bytes in stored form, for the spool.
 //! - [`Action::Commit`]: write the message to the queue, then call [`Session::commit_done`].
 //! - [`Action::Discard`]: drop the spooled body of an aborted message.
+//! - [`Action::Pause`]: wait this long before going on (the AUTH failure delay).
 //! - [`Action::NeedInput`]: write out [`Session::take_output`] and read more bytes.
 //! - [`Action::Close`]: write out the output and close the connection.
 //!
@@ -22,6 +23,7 @@ use bytes::{Buf, BytesMut};
 use super::command::{self, check_line, parse_command, Command, ParseContext};
 use super::data::{BodyLimits, BodyReceiver, Mode};
 use super::reply::Reply;
+use super::sasl::{self, AuthSettings, Exchange, Mechanism, SaslError, Step as SaslStep};
 use crate::hooks::hook::{Hook, HookSet};
 use crate::hooks::outcome::{HookResult, Outcome};
 use crate::hooks::state::{Connection, Hello, HelloVerb, Recipient, Transaction};
@@ -57,6 +59,8 @@ pub struct SessionConfig {
     pub bare_eol: BareEol,
     /// Hooks that have plugins; the others are skipped (they would answer CONT).
     pub hooks: HookSet,
+    /// SMTP AUTH: mechanisms, when it is offered, brute-force limits, submission ports.
+    pub auth: AuthSettings,
 }
 
 impl SessionConfig {
@@ -80,6 +84,7 @@ impl SessionConfig {
             add_received: true,
             bare_eol: BareEol::Normalize,
             hooks: HookSet::all(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -93,6 +98,8 @@ pub enum Action {
     Discard,
     NeedInput,
     Close,
+    /// Sleep this long, then ask again (replies already queued go out after the pause).
+    Pause(std::time::Duration),
 }
 
 /// Why a queue commit failed.
@@ -126,6 +133,8 @@ enum Then {
     Rset,
     Quit,
     Commit,
+    /// The auth hook for this user and mechanism.
+    Auth(String, Mechanism),
 }
 
 #[derive(Debug)]
@@ -155,6 +164,8 @@ enum Phase {
     EndOfData,
     /// Connect was refused: every command gets this reply except QUIT (Haraka's LOOP state).
     Loop(Reply),
+    /// In an AUTH exchange: the next line is a SASL response, not a command.
+    Auth(Exchange),
     Closing,
 }
 
@@ -334,6 +345,7 @@ impl Session {
             Phase::Bdat { .. } => self.bdat_phase(),
             Phase::BdatSkip { .. } => self.bdat_skip_phase(),
             Phase::EndOfData => Some(Action::NeedInput),
+            Phase::Auth(_) => self.auth_phase(),
             Phase::Closing => Some(Action::Close),
         }
     }
@@ -515,6 +527,7 @@ impl Session {
                 (2, 0, 0),
                 "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
             )),
+            Command::Auth(a) => self.cmd_auth(a),
             Command::Unknown { verb, args } => {
                 self.conn.unrecognized_commands += 1;
                 let h = Hook::UnrecognizedCommand {
@@ -559,6 +572,9 @@ impl Session {
     fn cmd_mail(&mut self, args: &str) {
         if self.conn.hello.is_none() {
             return self.error(Reply::ext(503, (5, 5, 1), "Use EHLO/HELO before MAIL"));
+        }
+        if self.needs_auth() {
+            return self.reply(Reply::ext(550, (5, 7, 0), "Authentication required"));
         }
         if self.txn.is_some() {
             return self.error(Reply::ext(503, (5, 5, 1), "Nested MAIL command"));
@@ -828,6 +844,7 @@ impl Session {
             Then::Queue => self.after_queue(r),
             Then::QueueOk(text) => self.after_queue_ok(text),
             Then::Commit => self.act(Action::Commit),
+            Then::Auth(user, mech) => self.after_auth(user, mech, r),
             Then::Rset => {
                 self.reply(Reply::ext(250, (2, 0, 0), "OK"));
                 self.reset_txn();
@@ -982,6 +999,7 @@ impl Session {
         }
         lines.push(format!("SIZE {}", self.cfg.max_bytes));
         lines.extend(["ENHANCEDSTATUSCODES", "CHUNKING", "BINARYMIME", "DSN"].map(String::from));
+        lines.extend(self.auth_capability());
         lines.extend(self.conn.capabilities.iter().cloned());
         self.reply(Reply::multi(250, lines));
     }
@@ -1193,6 +1211,172 @@ impl Session {
             self.phase = Phase::Command;
         }
     }
+
+    // ----- SMTP AUTH (RFC 4954) ------------------------------------------------------
+
+    /// AUTH may be used here: under TLS, or in clear from a private or loopback address
+    /// when `plaintext_private` allows it (Haraka's auth/flat_file rule).
+    fn auth_allowed(&self) -> bool {
+        self.conn.tls || (self.cfg.auth.plaintext_private && self.conn.remote.is_private)
+    }
+
+    /// The EHLO keyword, when AUTH is offered on this connection.
+    fn auth_capability(&self) -> Option<String> {
+        let mechs = &self.cfg.auth.mechanisms;
+        if mechs.is_empty() || !self.auth_allowed() {
+            return None;
+        }
+        let names: Vec<&str> = mechs.iter().map(|m| m.as_str()).collect();
+        Some(format!("AUTH {}", names.join(" ")))
+    }
+
+    /// MAIL on a submission port needs a relaying client (Haraka: ports 587 and 465).
+    fn needs_auth(&self) -> bool {
+        !self.conn.relaying && self.cfg.auth.submission_ports.contains(&self.conn.local.port())
+    }
+
+    fn cmd_auth(&mut self, args: &str) {
+        if self.cfg.auth.mechanisms.is_empty() {
+            // No auth plugin: AUTH is an unknown command, as in Haraka.
+            self.conn.unrecognized_commands += 1;
+            let h = Hook::UnrecognizedCommand {
+                verb: "AUTH".into(),
+                args: args.to_string(),
+            };
+            return self.hook(h, Then::Unrecognized);
+        }
+        if let Err(r) = self.auth_precheck() {
+            return self.error(r);
+        }
+        let mut words = args.split(' ').filter(|w| !w.is_empty());
+        let (Some(name), initial, None) = (words.next(), words.next(), words.next()) else {
+            return self.error(Reply::ext(501, (5, 5, 4), "Syntax: AUTH mechanism [initial-response]"));
+        };
+        let Some(mech) = Mechanism::parse(name).filter(|m| self.cfg.auth.mechanisms.contains(m)) else {
+            return self.error(Reply::ext(504, (5, 5, 4), "Unrecognized authentication type"));
+        };
+        let challenge = format!(
+            "<{}.{}@{}>",
+            rand::random::<u32>(),
+            crate::hooks::state::now_ms() / 1000,
+            self.cfg.me
+        );
+        self.sasl_step(Exchange::start(mech, initial, &challenge));
+    }
+
+    /// RFC 4954 4: after EHLO, once per session, outside a transaction, under TLS unless exempt.
+    fn auth_precheck(&self) -> Result<(), Reply> {
+        if !self.conn.esmtp() {
+            return Err(Reply::ext(503, (5, 5, 1), "Use EHLO before AUTH"));
+        }
+        if self.conn.auth_user.is_some() {
+            return Err(Reply::ext(503, (5, 5, 1), "Already authenticated"));
+        }
+        if self.txn.is_some() {
+            return Err(Reply::ext(
+                503,
+                (5, 5, 1),
+                "AUTH not permitted during a mail transaction",
+            ));
+        }
+        if !self.auth_allowed() {
+            return Err(Reply::ext(
+                538,
+                (5, 7, 11),
+                "Encryption required for requested authentication mechanism",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A SASL response line (bounded by the command line length).
+    fn auth_phase(&mut self) -> Option<Action> {
+        let line = match self.take_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => return Some(Action::NeedInput),
+            Err(()) => {
+                self.inbuf.clear();
+                self.reply(Reply::ext(500, (5, 5, 6), "Authentication exchange line is too long"));
+                self.close();
+                return None;
+            }
+        };
+        let Phase::Auth(x) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            return None;
+        };
+        match std::str::from_utf8(&line) {
+            Ok(text) => self.sasl_step(x.respond(text)),
+            Err(_) => self.sasl_step(Err(SaslError::BadBase64)),
+        }
+        None
+    }
+
+    fn sasl_step(&mut self, step: Result<SaslStep, SaslError>) {
+        match step {
+            Ok(SaslStep::Challenge(x, text)) => {
+                self.reply(Reply::plain(334, text));
+                self.phase = Phase::Auth(x);
+            }
+            Ok(SaslStep::Done(attempt)) => {
+                let then = Then::Auth(attempt.user.clone(), attempt.mechanism);
+                self.hook(Hook::Auth(attempt), then);
+            }
+            Err(e) if e.is_failure() => self.auth_failed(None),
+            Err(e) => self.error(e.reply()),
+        }
+    }
+
+    fn after_auth(&mut self, user: String, mech: Mechanism, r: HookResult) {
+        let soft = || refuse_text(Reply::ext(454, (4, 7, 0), "Temporary authentication failure"), &r.msg);
+        match r.outcome {
+            Outcome::Ok => self.auth_succeeded(user, mech),
+            Outcome::DenySoft => self.reply(soft()),
+            Outcome::DenySoftDisconnect => {
+                self.reply(soft());
+                self.close();
+            }
+            Outcome::Disconnect => self.close(),
+            Outcome::DenyDisconnect => {
+                self.auth_failed(r.msg);
+                self.close();
+            }
+            // DENY, or no plugin vouched for the user.
+            _ => self.auth_failed(r.msg),
+        }
+    }
+
+    /// Haraka's auth_base: the client may relay and `notes.auth_user` names it.
+    fn auth_succeeded(&mut self, user: String, mech: Mechanism) {
+        self.conn.relaying = true;
+        let notes = &mut self.conn.notes;
+        notes.insert("auth_user".into(), user.clone().into());
+        notes.insert("auth_method".into(), mech.as_str().into());
+        self.conn.auth_user = Some(user);
+        self.reply(Reply::ext(235, (2, 7, 0), "Authentication successful"));
+    }
+
+    /// A failed attempt: pause (growing with each failure), then 535, or 421 and close once
+    /// `max_failures` is reached.
+    fn auth_failed(&mut self, msg: Option<String>) {
+        self.conn.auth_failures = self.conn.auth_failures.saturating_add(1);
+        let n = self.conn.auth_failures;
+        let delay = self.cfg.auth.delay(n);
+        let max = self.cfg.auth.max_failures;
+        if max > 0 && n >= max {
+            self.reply(Reply::ext(
+                421,
+                (4, 7, 0),
+                "Too many authentication failures, closing connection",
+            ));
+            self.close();
+        } else {
+            self.reply(refuse_text(sasl::failure_reply(), &msg));
+        }
+        if !delay.is_zero() {
+            // Ahead of the disconnect hook and Close when closing: the 421 waits too.
+            self.steps.push_front(Step::Act(Action::Pause(delay)));
+        }
+    }
 }
 
 fn is_deny(o: Outcome) -> bool {
@@ -1272,6 +1456,7 @@ mod tests {
                     s.commit_done(Ok("q".into()));
                 }
                 Action::Discard => run.body.clear(),
+                Action::Pause(_) => {}
                 Action::NeedInput if !fed => {
                     fed = true;
                     s.receive(input);
@@ -1455,3 +1640,7 @@ mod tests {
         assert!(r.hooks.is_empty());
     }
 }
+
+#[cfg(test)]
+#[path = "session_auth_tests.rs"]
+mod auth_tests;
