@@ -64,6 +64,11 @@ fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
 
 /// Start the daemon, wait until it listens, SIGTERM it; its exit status and stderr.
 fn run_and_stop(log_ini: &str) -> (ExitStatus, String, SocketAddr) {
+    run_with(log_ini, |_| {})
+}
+
+/// As [`run_and_stop`], with `talk` run against the daemon before the SIGTERM.
+fn run_with(log_ini: &str, talk: impl FnOnce(SocketAddr)) -> (ExitStatus, String, SocketAddr) {
     let port = free_port();
     let dir = config_dir(port, log_ini);
     let (mut child, reader) = spawn("run", dir.path());
@@ -80,6 +85,7 @@ fn run_and_stop(log_ini: &str) -> (ExitStatus, String, SocketAddr) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    talk(addr);
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -145,4 +151,60 @@ fn bad_level_stops_start_up() {
         );
     }
     assert!(TcpListener::bind(("127.0.0.1", port)).is_ok(), "port was bound");
+}
+
+/// One SMTP exchange: send `line` (if any), read one reply (multi-line aware); its code.
+fn smtp(r: &mut impl std::io::BufRead, w: &mut TcpStream, line: &str) -> u16 {
+    use std::io::Write;
+    if !line.is_empty() {
+        w.write_all(line.as_bytes()).unwrap();
+    }
+    loop {
+        let mut l = String::new();
+        assert!(r.read_line(&mut l).unwrap() > 0, "connection closed after {line:?}");
+        if l.as_bytes().get(3) != Some(&b'-') {
+            return l[..3].parse().unwrap();
+        }
+    }
+}
+
+#[test]
+fn one_line_per_transaction_inside_the_connection_span() {
+    let (status, stderr, _) = run_with("[main]\nformat=json\nlevel=info\n", |addr| {
+        let mut w = TcpStream::connect(addr).unwrap();
+        w.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut r = std::io::BufReader::new(w.try_clone().unwrap());
+        assert_eq!(smtp(&mut r, &mut w, ""), 220);
+        assert_eq!(smtp(&mut r, &mut w, "EHLO log.example\r\n"), 250);
+        assert_eq!(smtp(&mut r, &mut w, "MAIL FROM:<a@remote.example>\r\n"), 250);
+        assert_eq!(smtp(&mut r, &mut w, "RCPT TO:<u@example.com>\r\n"), 250);
+        assert_eq!(smtp(&mut r, &mut w, "DATA\r\n"), 354);
+        assert_eq!(smtp(&mut r, &mut w, "Subject: t\r\n\r\nhello\r\n.\r\n"), 250);
+        assert_eq!(smtp(&mut r, &mut w, "MAIL FROM:<>\r\n"), 250);
+        assert_eq!(smtp(&mut r, &mut w, "RCPT TO:<v@example.com>\r\n"), 250);
+        assert_eq!(smtp(&mut r, &mut w, "RCPT TO:<w@example.com>\r\n"), 250);
+        assert_eq!(smtp(&mut r, &mut w, "RSET\r\n"), 250);
+        assert_eq!(smtp(&mut r, &mut w, "QUIT\r\n"), 221);
+    });
+    assert!(status.success(), "{status}: {stderr}");
+    let txns: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "transaction")
+        .collect();
+    assert_eq!(txns.len(), 2, "{stderr}");
+    let conn_uuid = txns[0]["span"]["uuid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no span: {stderr}"));
+    let (q, a) = (&txns[0], &txns[1]);
+    assert_eq!(q["txn"], format!("{conn_uuid}.1"), "{stderr}");
+    assert_eq!(q["outcome"], "queued");
+    assert_eq!(q["from"], "<a@remote.example>");
+    assert_eq!(q["rcpts"], 1);
+    assert!(q["bytes"].as_u64().unwrap() > 10, "{q}");
+    assert!(!q["queue_ids"].as_str().unwrap().is_empty(), "{q}");
+    assert_eq!(a["txn"], format!("{conn_uuid}.2"));
+    assert_eq!(a["outcome"], "not queued");
+    assert_eq!(a["from"], "<>");
+    assert_eq!(a["rcpts"], 2);
 }

@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::transaction::{Chunk, Commit, TransactionActor};
+use super::txn_log::TxnLog;
 use crate::hooks::{Connection, HookContext, PluginChain};
 use crate::metrics::{count_replies, inc, metrics};
 use crate::protocol::session::{Action, CommitError, Session, SessionConfig};
@@ -75,6 +76,7 @@ impl ConnectionActor {
                 txn: None,
                 greeted: false,
                 started: std::time::Instant::now(),
+                txn_log: None,
             }),
         }
     }
@@ -123,6 +125,8 @@ struct Driver {
     txn: Option<Addr<TransactionActor>>,
     greeted: bool,
     started: std::time::Instant,
+    /// The transaction being followed for its log line.
+    txn_log: Option<super::txn_log::TxnLog>,
 }
 
 impl Driver {
@@ -145,15 +149,17 @@ impl Driver {
                 Action::Close => return self.close().await,
                 Action::Pause(d) => tokio::time::sleep(d).await,
             }
+            TxnLog::track(&mut self.txn_log, self.session.txn());
         }
     }
 
     /// Run the plugin chain; false when a plugin panicked (the connection is then closed).
     async fn hook(&mut self, hook: crate::hooks::Hook) -> bool {
         let chain = self.chain.clone();
+        let span = TxnLog::span(self.session.txn());
         let (conn, txn) = self.session.states_mut();
         let mut cx = HookContext { conn, txn };
-        match chain.run(&hook, &mut cx).await {
+        match tracing::Instrument::instrument(chain.run(&hook, &mut cx), span).await {
             Ok(r) => {
                 if let crate::hooks::Hook::Auth(a) = &hook {
                     // User and mechanism only: the credential never reaches a log line.
@@ -231,6 +237,9 @@ impl Driver {
                 let _ = q.send(m).await;
             }
         }
+        if let Ok(names) = &r {
+            TxnLog::queued(&mut self.txn_log, &names.join(","));
+        }
         self.session.commit_done(r.map(|names| names.join(",")));
     }
 
@@ -301,6 +310,7 @@ impl Driver {
     }
 
     async fn close(mut self) {
+        TxnLog::end(&mut self.txn_log);
         self.txn = None;
         self.flush().await;
         let _ = self.stream.shutdown().await;

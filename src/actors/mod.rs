@@ -11,3 +11,4 @@ pub mod remote_mx;
 pub mod resolver;
 pub mod tls;
 pub mod transaction;
+pub mod txn_log;
