@@ -9,6 +9,7 @@
 pub mod actors;
 pub mod config;
 pub mod hooks;
+pub mod install;
 pub mod logging;
 pub mod metrics;
 pub mod plugins;

@@ -36,6 +36,26 @@ enum Cmd {
     /// Inspect and change the queue: through a running daemon's control socket, or offline.
     #[command(long_about = QUEUE_ABOUT)]
     Queue(QueueArgs),
+    /// Install the system layout: /usr/local/bin/posta, user posta, /etc/posta (from the
+    /// shipped config, adjusted), /var/spool/posta, /var/mail/posta and the systemd unit.
+    /// Idempotent: existing config files are never changed.
+    Install {
+        /// Stage everything under this directory instead of / (packages, tests).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// The config directory to copy into a new /etc/posta.
+        #[arg(long, default_value = "config")]
+        config_from: PathBuf,
+        /// `smtp.ini` listen address of a new /etc/posta.
+        #[arg(long, default_value = "[::0]:25")]
+        listen: String,
+        /// Do not create the posta user and group (directories stay owned by the caller).
+        #[arg(long)]
+        no_user: bool,
+        /// Do not install the systemd unit.
+        #[arg(long)]
+        no_systemd: bool,
+    },
     /// Make the running daemon re-read its config directory (as SIGHUP does) and say what it did.
     Reload {
         #[arg(short, long, default_value = "config")]
@@ -174,7 +194,7 @@ fn init_logging(cmd: &Cmd) -> Result<(), String> {
         Cmd::Run { config } => (Some(config.as_path()), true),
         Cmd::CheckConfig { config } => (Some(config.as_path()), false),
         Cmd::Queue(args) => (args.config.as_deref(), false),
-        Cmd::Top(_) | Cmd::Reload { .. } => (None, false),
+        Cmd::Top(_) | Cmd::Reload { .. } | Cmd::Install { .. } => (None, false),
     };
     let settings = match dir.map(posta::logging::load) {
         None => posta::logging::LogSettings::default(),
@@ -220,11 +240,52 @@ fn main() -> ExitCode {
         },
         Cmd::Queue(args) => queue_cmd(args),
         Cmd::Reload { config } => reload_cmd(&config),
+        Cmd::Install {
+            root,
+            config_from,
+            listen,
+            no_user,
+            no_systemd,
+        } => install_cmd(&posta::install::InstallOptions {
+            root,
+            config_from,
+            listen,
+            user: !no_user,
+            systemd: !no_systemd,
+        }),
         Cmd::Top(args) => match posta::top::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e.to_string()),
         },
     }
+}
+
+/// `posta install`: the report, then the config check of the installed /etc/posta.
+fn install_cmd(o: &posta::install::InstallOptions) -> ExitCode {
+    let report = match posta::install::install(o) {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("install: {e}")),
+    };
+    for line in &report {
+        println!("{line}");
+    }
+    let etc = o.root.join(posta::install::ETC);
+    match Config::load(&etc).and_then(|c| PluginRegistry::builtin().build(&c).map(|_| c)) {
+        Ok(c) => println!(
+            "config {} OK: {} plugin(s), listen {:?}",
+            etc.display(),
+            c.plugins.len(),
+            c.smtp.listen
+        ),
+        Err(e) => return fail(&format!("installed, but the config does not load: {e}")),
+    }
+    if o.systemd {
+        println!(
+            "next: set {}/me and host_list, then: systemctl daemon-reload && systemctl enable --now posta",
+            etc.display()
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// `posta reload`: through the control socket of the daemon running on this config's queue.
