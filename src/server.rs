@@ -204,7 +204,6 @@ fn start_delivery(arbiter: &Arbiter, cfg: &Config, shared: &Arc<Shared>) -> Addr
             chain,
             spool,
             resolver.start(),
-            ob.schedule.clone(),
             ob.clone(),
             cfg.bounce_template.clone(),
         ));
@@ -212,11 +211,13 @@ fn start_delivery(arbiter: &Arbiter, cfg: &Config, shared: &Arc<Shared>) -> Addr
         let sup_cx = cx.clone();
         let supervisor = actix::Supervisor::start(move |_| DeliverySupervisor::new(sup_cx));
         supervisor.do_send(ReportTo(ctx.address()));
-        QueueManager::new(cfg.queue_dir.clone(), ob.concurrency_max, supervisor, ob.disabled).with_bounce(BounceCtx {
-            spool: cx.spool.clone(),
-            me: cfg.me.clone(),
-            template: cfg.bounce_template.clone(),
-        })
+        QueueManager::new(cfg.queue_dir.clone(), ob.concurrency_max, supervisor, ob.disabled)
+            .with_bounce(BounceCtx {
+                spool: cx.spool.clone(),
+                me: cfg.me.clone(),
+                template: cfg.bounce_template.clone(),
+            })
+            .with_delivery(cx)
     })
 }
 
@@ -317,6 +318,8 @@ pub fn run(cfg: &Config, registry: &PluginRegistry) -> Result<(), StartError> {
     let reloader = Reloader {
         running: cfg.clone(),
         registry: registry.clone(),
+        outbound: std::cell::RefCell::new(cfg.outbound.clone()),
+        metrics: metrics_listen(&cfg.dir).ok().flatten(),
     };
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
     let _ = prepared.shared.reload.set(reload_tx);
@@ -417,8 +420,13 @@ async fn wait_for_signal(
 /// SIGHUP: re-read the config dir; swap plugins and session settings atomically when the new
 /// config is valid, keep the old one (with an error logged) when it is not.
 struct Reloader {
+    /// The config the daemon started with (settings read only at start are compared to it).
     running: Config,
     registry: PluginRegistry,
+    /// `outbound.ini` as the delivery side has it now.
+    outbound: std::cell::RefCell<crate::config::OutboundConfig>,
+    /// `metrics.ini [main] listen` at start.
+    metrics: Option<SocketAddr>,
 }
 
 impl Reloader {
@@ -435,6 +443,7 @@ impl Reloader {
         let (cfg, chain) = new;
         let session = cfg.session_for(&chain);
         shared.replace(chain, session);
+        let outbound = self.reload_outbound(shared, &cfg);
         let restart = self.restart_needed(&cfg);
         for what in &restart {
             tracing::warn!(setting = what, "changed, but applies only after a restart");
@@ -444,9 +453,10 @@ impl Reloader {
             "config reloaded: plugins and connection settings"
         );
         let mut done = format!(
-            "config reloaded from {}: {} plugin(s), connection settings",
+            "config reloaded from {}: {} plugin(s), connection settings{}",
             dir.display(),
-            cfg.plugins.len()
+            cfg.plugins.len(),
+            if outbound { ", outbound.ini" } else { "" }
         );
         if !restart.is_empty() {
             done.push_str(&format!("; changed but needing a restart: {}", restart.join(", ")));
@@ -470,9 +480,25 @@ impl Reloader {
         if old.queue_dir != new.queue_dir {
             v.push("queue_dir");
         }
-        if format!("{:?}", old.outbound) != format!("{:?}", new.outbound) {
-            v.push("outbound.ini");
+        if old.outbound.nameservers != new.outbound.nameservers {
+            v.push("outbound.ini [main] nameservers");
+        }
+        if metrics_listen(&new.dir).ok() != Some(self.metrics) {
+            v.push("metrics.ini [main] listen");
         }
         v
+    }
+
+    /// Hand a changed `outbound.ini` to the delivery side; true when it changed.
+    fn reload_outbound(&self, shared: &Shared, new: &Config) -> bool {
+        let mut current = self.outbound.borrow_mut();
+        if format!("{:?}", *current) == format!("{:?}", new.outbound) {
+            return false;
+        }
+        *current = new.outbound.clone();
+        if let Some(q) = shared.queue.get() {
+            q.do_send(crate::actors::queue_manager::ReloadOutbound(new.outbound.clone()));
+        }
+        true
     }
 }

@@ -101,15 +101,7 @@ fn posta_reload_command_reports_what_it_did() {
     let root = tempfile::tempdir().unwrap();
     let cfg = root.path().join("config");
     write_default_config(&cfg);
-    let reload = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_posta"))
-            .args(["reload", "-c"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
-    };
+    let reload = || posta_reload(&cfg);
     // No daemon yet: a clear error, not a hang.
     let (ok, text) = reload();
     assert!(!ok && text.contains("no daemon is running"), "{text}");
@@ -153,4 +145,66 @@ fn posta_reload_command_reports_what_it_did() {
         "{text}"
     );
     assert_eq!(rcpt_code(d.addr, "u@other.test"), 250, "broken config was applied");
+}
+
+/// outbound.ini applies on reload: delivery switched on delivers what waited in the queue;
+/// DNS servers and the metrics address still need a restart, and the answer says so.
+#[test]
+fn reload_applies_outbound_ini() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = root.path().join("config");
+    write_default_config(&cfg);
+    std::fs::write(cfg.join("plugins"), "deliver/maildir\nrcpt_to.in_host_list\n").unwrap();
+    let outbound = |disabled: bool, ns: &str| {
+        std::fs::write(
+            cfg.join("outbound.ini"),
+            format!("[main]\ndisabled={disabled}\nnameservers={ns}\n"),
+        )
+        .unwrap()
+    };
+    outbound(true, "127.0.0.1:9");
+    let d = spawn_logged(&cfg, free_port(), &root.path().join("posta.log"));
+    assert!(
+        eventually(|| cfg.join("../queue/.control").exists()),
+        "no control socket"
+    );
+    let mut c = Client::connect(d.addr);
+    c.expect("EHLO reload.example", 250);
+    let r = c.send_mail(
+        "a@remote.example",
+        &["u@example.test"],
+        b"Subject: held\r\n\r\nwaits\r\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    let queue = root.path().join("queue");
+    let mailbox = root.path().join("var/mail/example.test/u/new");
+    let in_mailbox = || std::fs::read_dir(&mailbox).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(common::queue_files(&queue).len(), 1);
+    assert_eq!(in_mailbox(), 0, "delivered while delivery was disabled");
+
+    outbound(false, "127.0.0.1:9");
+    let (ok, text) = posta_reload(&cfg);
+    assert!(
+        ok && text.contains("outbound.ini") && !text.contains("restart"),
+        "{text}"
+    );
+    assert!(eventually(|| in_mailbox() == 1), "not delivered after the reload");
+    assert!(eventually(|| common::queue_files(&queue).is_empty()));
+
+    outbound(false, "127.0.0.1:53");
+    std::fs::write(cfg.join("metrics.ini"), "[main]\nlisten=127.0.0.1:0\n").unwrap();
+    let (ok, text) = posta_reload(&cfg);
+    assert!(ok, "{text}");
+    assert!(text.contains("outbound.ini [main] nameservers"), "{text}");
+    assert!(text.contains("metrics.ini [main] listen"), "{text}");
+}
+
+fn posta_reload(cfg: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_posta"))
+        .args(["reload", "-c"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
 }

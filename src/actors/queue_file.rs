@@ -37,9 +37,9 @@ pub struct DeliveryCtx {
     pub chain: super::connection::ChainCell,
     pub spool: Arc<Spool>,
     pub resolver: Addr<Resolver>,
-    pub schedule: RetrySchedule,
-    pub outbound: OutboundConfig,
-    pub mx_settings: Rc<MxSettings>,
+    /// `outbound.ini`, swapped as a whole by a reload ([`DeliveryCtx::reload`]).
+    outbound: RefCell<Rc<OutboundConfig>>,
+    mx_settings: RefCell<Rc<MxSettings>>,
     pub bounce_template: Option<BounceTemplate>,
     pub local_ips: HashSet<IpAddr>,
     pub manager: RefCell<Option<Addr<QueueManager>>>,
@@ -54,29 +54,51 @@ impl DeliveryCtx {
         chain: super::connection::ChainCell,
         spool: Arc<Spool>,
         resolver: Addr<Resolver>,
-        schedule: RetrySchedule,
         outbound: OutboundConfig,
         bounce_template: Option<BounceTemplate>,
     ) -> Self {
-        let mx_settings = Rc::new(MxSettings {
+        let mx_settings = RefCell::new(Rc::new(MxSettings {
             helo: me.clone(),
             outbound: outbound.clone(),
             tls: super::tls::opportunistic_client(),
-        });
+        }));
         DeliveryCtx {
             dir,
             me,
             chain,
             spool,
             resolver,
-            schedule,
-            outbound,
+            outbound: RefCell::new(Rc::new(outbound)),
             mx_settings,
             bounce_template,
             local_ips: local_addresses(),
             manager: RefCell::new(None),
             mx: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// The `outbound.ini` settings now (a delivery keeps the ones it started with).
+    pub fn outbound(&self) -> Rc<OutboundConfig> {
+        self.outbound.borrow().clone()
+    }
+
+    /// The retry schedule now (`outbound.ini temp_fail_intervals`).
+    pub fn schedule(&self) -> RetrySchedule {
+        self.outbound.borrow().schedule.clone()
+    }
+
+    /// A reloaded `outbound.ini`: deliveries started from now on use it. Remote MX actors are
+    /// started afresh with the new pool and timeout settings; the old ones finish what they
+    /// have and their idle connections time out.
+    pub fn reload(&self, ob: OutboundConfig) {
+        let tls = self.mx_settings.borrow().tls.clone();
+        *self.mx_settings.borrow_mut() = Rc::new(MxSettings {
+            helo: self.me.clone(),
+            outbound: ob.clone(),
+            tls,
+        });
+        *self.outbound.borrow_mut() = Rc::new(ob);
+        self.mx.borrow_mut().clear();
     }
 
     /// The RemoteMx actor for a destination, started on first use.
@@ -89,7 +111,7 @@ impl DeliveryCtx {
         };
         let mut map = self.mx.borrow_mut();
         map.entry(key.clone())
-            .or_insert_with(|| RemoteMx::new(key, self.mx_settings.clone()).start())
+            .or_insert_with(|| RemoteMx::new(key, self.mx_settings.borrow().clone()).start())
             .clone()
     }
 }
@@ -133,7 +155,7 @@ impl Actor for QueueFile {
                 inc(&metrics().queue_file.panics);
                 let wait = act
                     .cx
-                    .schedule
+                    .schedule()
                     .delay_after(1)
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(60_000);
@@ -267,15 +289,15 @@ async fn route(cx: &DeliveryCtx, item: &mut QueueItem) -> Result<Vec<MxTarget>, 
 async fn dns_route(cx: &DeliveryCtx, domain: &str) -> Result<Vec<MxTarget>, Fate> {
     if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
         let ip = lit.strip_prefix("IPv6:").unwrap_or(lit);
-        return Ok(vec![MxTarget::smtp(ip, cx.outbound.mx_port, 0, true)]);
+        return Ok(vec![MxTarget::smtp(ip, cx.outbound().mx_port, 0, true)]);
     }
     match cx.resolver.send(ResolveMx::new(domain.to_string())).await {
         Ok(Ok(MxAnswer::Records(mx))) if is_null_mx(&mx) => Err(Fate::Perm(Reason::local(
             "5.1.10",
             format!("Domain {domain} sends and receives no email (NULL MX)"),
         ))),
-        Ok(Ok(MxAnswer::Records(mx))) => Ok(order_mx(mx, cx.outbound.mx_port)),
-        Ok(Ok(MxAnswer::Implicit)) => Ok(vec![MxTarget::smtp(domain, cx.outbound.mx_port, 0, true)]),
+        Ok(Ok(MxAnswer::Records(mx))) => Ok(order_mx(mx, cx.outbound().mx_port)),
+        Ok(Ok(MxAnswer::Implicit)) => Ok(vec![MxTarget::smtp(domain, cx.outbound().mx_port, 0, true)]),
         Ok(Err(DnsFailure::NxDomain)) => Err(Fate::Perm(Reason::local("5.1.2", "No Such Domain"))),
         Ok(Err(DnsFailure::Temporary(e))) => {
             Err(Fate::Temp(Reason::local("4.4.3", format!("DNS lookup failure: {e}"))))
@@ -309,7 +331,7 @@ async fn attempt(cx: &DeliveryCtx, item: &mut QueueItem) -> (Vec<Fate>, Option<H
 async fn target_ips(cx: &DeliveryCtx, t: &MxTarget) -> Result<Vec<IpAddr>, Reason> {
     let ips = match cx
         .resolver
-        .send(ResolveHost::new(t.host.clone(), cx.outbound.inet_prefer))
+        .send(ResolveHost::new(t.host.clone(), cx.outbound().inet_prefer))
         .await
     {
         Ok(Ok(ips)) => ips,
@@ -318,7 +340,7 @@ async fn target_ips(cx: &DeliveryCtx, t: &MxTarget) -> Result<Vec<IpAddr>, Reaso
     };
     let allowed: Vec<IpAddr> = ips
         .into_iter()
-        .filter(|ip| !t.from_dns || cx.outbound.local_mx_ok || !is_local(cx, ip))
+        .filter(|ip| !t.from_dns || cx.outbound().local_mx_ok || !is_local(cx, ip))
         .collect();
     if allowed.is_empty() {
         return Err(Reason::local(
@@ -514,7 +536,7 @@ async fn settle(cx: &DeliveryCtx, mut item: QueueItem, fates: Vec<Fate>, hand_ov
         delivered_hook(cx, &mut item, &delivered, hand_over.unwrap_or_default()).await;
     }
     let failures = item.parsed.attempts + 1;
-    if !temp.is_empty() && cx.schedule.delay_after(failures).is_none() {
+    if !temp.is_empty() && cx.schedule().delay_after(failures).is_none() {
         for (a, r) in temp.drain(..) {
             let status = format!("5{}", r.status.get(1..).unwrap_or(".0.0"));
             let text = format!("Too many failures ({})", r.text());
@@ -687,7 +709,7 @@ fn bounce_request(item: &QueueItem, id: &str, eight_bit: bool, utf8: bool) -> Re
 /// Temporary failure: the `deferred` hook, then a durable rename or rewrite for the retry.
 async fn defer(cx: &DeliveryCtx, mut item: QueueItem, temp: Vec<(TodoAddress, Reason)>, failures: u32) -> Finished {
     let delay = cx
-        .schedule
+        .schedule()
         .delay_after(failures)
         .map(|d| d.as_secs())
         .unwrap_or(60)

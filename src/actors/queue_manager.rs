@@ -129,6 +129,12 @@ pub struct BounceItems {
     pub reason: String,
 }
 
+/// A reloaded `outbound.ini` (SIGHUP / `posta reload`): concurrency and `disabled` apply
+/// at once, the rest to deliveries started from now on.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ReloadOutbound(pub crate::config::OutboundConfig);
+
 /// What an operator's bounce needs: the daemon's spool (it holds the queue dir's lock) and
 /// the DSN settings.
 pub struct BounceCtx {
@@ -148,6 +154,8 @@ pub struct QueueManager {
     /// Items in flight when a flush came: their retry is due at once.
     flushed_in_flight: HashSet<String>,
     bounce: Option<BounceCtx>,
+    /// The delivery side's shared settings (for reloads).
+    delivery: Option<std::rc::Rc<super::queue_file::DeliveryCtx>>,
 }
 
 impl QueueManager {
@@ -162,7 +170,14 @@ impl QueueManager {
             disabled,
             flushed_in_flight: HashSet::new(),
             bounce: None,
+            delivery: None,
         }
+    }
+
+    /// The delivery context whose settings a reload replaces.
+    pub fn with_delivery(mut self, cx: std::rc::Rc<super::queue_file::DeliveryCtx>) -> Self {
+        self.delivery = Some(cx);
+        self
     }
 
     /// Let the control socket bounce items (`posta queue bounce` with a daemon running).
@@ -445,5 +460,23 @@ impl Handler<BounceItems> for QueueManager {
             .collect();
         self.pump(ctx);
         out
+    }
+}
+
+impl Handler<ReloadOutbound> for QueueManager {
+    type Result = ();
+    fn handle(&mut self, msg: ReloadOutbound, ctx: &mut Self::Context) {
+        let ob = msg.0;
+        self.concurrency = ob.concurrency_max.max(1);
+        self.disabled = ob.disabled;
+        if let Some(cx) = &self.delivery {
+            cx.reload(ob);
+        }
+        tracing::info!(
+            concurrency = self.concurrency,
+            disabled = self.disabled,
+            "outbound.ini reloaded"
+        );
+        self.pump(ctx);
     }
 }
