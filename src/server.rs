@@ -56,6 +56,7 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
         chain: Arc::new(std::sync::RwLock::new(Arc::new(chain))),
         spool: Arc::new(spool),
         spool_after: cfg.spool_after,
+        txn_limits: crate::actors::transaction::TxnLimits::new(&cfg.actors),
         inactivity: cfg.smtp.inactivity_timeout,
         queue: std::sync::OnceLock::new(),
         shutdown: tokio::sync::watch::channel(false).0,
@@ -194,10 +195,13 @@ fn start_delivery(arbiter: &Arbiter, cfg: &Config, shared: &Arc<Shared>) -> Addr
     let spool = shared.spool.clone();
     QueueManager::start_in_arbiter(&arbiter.handle(), move |ctx| {
         let ob = cfg.outbound.clone();
-        let resolver = Resolver::new(&ob.nameservers).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "no usable DNS configuration; using 127.0.0.1:53");
-            Resolver::new(&["127.0.0.1:53".parse().expect("literal address")]).expect("resolver with a fixed server")
-        });
+        let resolver = Resolver::new(&ob.nameservers)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "no usable DNS configuration; using 127.0.0.1:53");
+                Resolver::new(&["127.0.0.1:53".parse().expect("literal address")])
+                    .expect("resolver with a fixed server")
+            })
+            .with_concurrency(cfg.actors.resolver);
         let cx = std::rc::Rc::new(DeliveryCtx::new(
             cfg.queue_dir.clone(),
             cfg.me.clone(),
@@ -206,6 +210,7 @@ fn start_delivery(arbiter: &Arbiter, cfg: &Config, shared: &Arc<Shared>) -> Addr
             resolver.start(),
             ob.clone(),
             cfg.bounce_template.clone(),
+            cfg.actors.clone(),
         ));
         *cx.manager.borrow_mut() = Some(ctx.address());
         let sup_cx = cx.clone();

@@ -59,6 +59,16 @@ fn bad_values_are_named() {
         ),
         ("plugin_timeout", "forever\n", "plugin_timeout"),
         ("max_unrecognized_commands", "many\n", "max_unrecognized_commands"),
+        (
+            "actors.ini",
+            "[concurrency]\ncommits=0\n",
+            "actors.ini: [concurrency] commits",
+        ),
+        (
+            "actors.ini",
+            "[mailbox]\ntransaction=lots\n",
+            "actors.ini: [mailbox] transaction",
+        ),
     ];
     for (file, content, needle) in cases {
         let dir = config_with(file, content);

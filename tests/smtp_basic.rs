@@ -62,3 +62,34 @@ fn pipelined_transactions_and_bdat() {
     c.expect("QUIT", 221);
     assert_eq!(srv.queue_files().len(), 2);
 }
+
+/// `actors.ini` at its smallest (one commit at a time, mailboxes of one): concurrent clients
+/// are slowed by backpressure, never stuck or refused.
+#[test]
+fn smallest_actor_limits_still_accept_concurrent_mail() {
+    let srv = start(|d| {
+        std::fs::write(
+            d.join("actors.ini"),
+            "[mailbox]\ntransaction=1\nqueue_manager=1\ndelivery=1\nremote_mx=1\n[concurrency]\ncommits=1\nresolver=1\n",
+        )
+        .unwrap();
+    });
+    let addr = srv.addr();
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.expect("EHLO limits.example", 250);
+                for n in 0..5 {
+                    let body = format!("Subject: {i}.{n}\r\n\r\n{}\r\n", "x".repeat(300_000));
+                    let r = c.send_mail("a@remote.example", &["u@example.test"], body.as_bytes());
+                    assert_eq!(r.code, 250, "{r:?}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(srv.queue_files().len(), 20);
+}

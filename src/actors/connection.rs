@@ -34,6 +34,8 @@ pub struct Shared {
     pub session: std::sync::RwLock<Arc<SessionConfig>>,
     pub spool: Arc<Spool>,
     pub spool_after: usize,
+    /// `actors.ini`: transaction mailbox and commit concurrency.
+    pub txn_limits: super::transaction::TxnLimits,
     pub inactivity: Duration,
     /// Where committed messages are handed over for delivery.
     pub queue: std::sync::OnceLock<Addr<super::queue_manager::QueueManager>>,
@@ -192,7 +194,12 @@ impl Driver {
             return a.clone();
         }
         let uuid = self.session.txn().map(|t| t.uuid.clone()).unwrap_or_default();
-        let actor = TransactionActor::new(self.shared.spool.clone(), self.shared.spool_after, uuid);
+        let actor = TransactionActor::new(
+            self.shared.spool.clone(),
+            self.shared.spool_after,
+            self.shared.txn_limits.clone(),
+            uuid,
+        );
         let addr = actor.start();
         self.txn = Some(addr.clone());
         addr

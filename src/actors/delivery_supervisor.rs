@@ -41,7 +41,7 @@ impl Actor for DeliverySupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(1024);
+        ctx.set_mailbox_capacity(self.cx.actors.delivery_mailbox);
     }
 }
 

@@ -40,6 +40,8 @@ pub struct DeliveryCtx {
     /// `outbound.ini`, swapped as a whole by a reload ([`DeliveryCtx::reload`]).
     outbound: RefCell<Rc<OutboundConfig>>,
     mx_settings: RefCell<Rc<MxSettings>>,
+    /// `actors.ini`: mailbox capacities of the delivery side.
+    pub actors: crate::config::ActorsConfig,
     pub bounce_template: Option<BounceTemplate>,
     pub local_ips: HashSet<IpAddr>,
     pub manager: RefCell<Option<Addr<QueueManager>>>,
@@ -56,11 +58,13 @@ impl DeliveryCtx {
         resolver: Addr<Resolver>,
         outbound: OutboundConfig,
         bounce_template: Option<BounceTemplate>,
+        actors: crate::config::ActorsConfig,
     ) -> Self {
         let mx_settings = RefCell::new(Rc::new(MxSettings {
             helo: me.clone(),
             outbound: outbound.clone(),
             tls: super::tls::opportunistic_client(),
+            mailbox: actors.remote_mx_mailbox,
         }));
         DeliveryCtx {
             dir,
@@ -70,6 +74,7 @@ impl DeliveryCtx {
             resolver,
             outbound: RefCell::new(Rc::new(outbound)),
             mx_settings,
+            actors,
             bounce_template,
             local_ips: local_addresses(),
             manager: RefCell::new(None),
@@ -96,6 +101,7 @@ impl DeliveryCtx {
             helo: self.me.clone(),
             outbound: ob.clone(),
             tls,
+            mailbox: self.actors.remote_mx_mailbox,
         });
         *self.outbound.borrow_mut() = Rc::new(ob);
         self.mx.borrow_mut().clear();

@@ -342,7 +342,11 @@ impl Actor for QueueManager {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         inc(&metrics().queue_manager.started);
-        ctx.set_mailbox_capacity(1024);
+        let capacity = self
+            .delivery
+            .as_ref()
+            .map_or(1024, |cx| cx.actors.queue_manager_mailbox);
+        ctx.set_mailbox_capacity(capacity);
         self.load();
         self.pump(ctx);
     }

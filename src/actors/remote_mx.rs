@@ -65,6 +65,8 @@ pub struct MxSettings {
     pub helo: String,
     pub outbound: OutboundConfig,
     pub tls: Arc<rustls::ClientConfig>,
+    /// `actors.ini [mailbox] remote_mx`.
+    pub mailbox: usize,
 }
 
 enum Stream {
@@ -123,7 +125,7 @@ impl Actor for RemoteMx {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         inc(&metrics().remote_mx.started);
-        ctx.set_mailbox_capacity(4096);
+        ctx.set_mailbox_capacity(self.settings.mailbox);
         let every = self.settings.outbound.pool_idle_timeout.max(Duration::from_secs(1));
         ctx.run_interval(every, |act, _| {
             prune(&act.idle, act.settings.outbound.pool_idle_timeout)

@@ -57,6 +57,8 @@ impl ResolveHost {
 
 pub struct Resolver {
     inner: TokioResolver,
+    /// Lookups in flight at once (`actors.ini [concurrency] resolver`).
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Resolver {
@@ -79,7 +81,16 @@ impl Resolver {
             *b.options_mut() = opts;
             b.build()
         };
-        Ok(Resolver { inner })
+        Ok(Resolver {
+            inner,
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(256)),
+        })
+    }
+
+    /// At most `n` lookups in flight; more wait for a slot.
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.slots = std::sync::Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
     }
 }
 
@@ -121,7 +132,9 @@ impl Handler<ResolveMx> for Resolver {
         let entered = std::time::Instant::now();
         inc(&metrics().resolver.messages);
         let r = self.inner.clone();
+        let slots = self.slots.clone();
         Box::pin(async move {
+            let _slot = slots.acquire_owned().await;
             let lookup = r.mx_lookup(fqdn(&msg.0)).await;
             metrics().resolver.handler_seconds.observe_since(entered);
             match lookup {
@@ -146,10 +159,12 @@ impl Handler<ResolveHost> for Resolver {
     fn handle(&mut self, mut msg: ResolveHost, _: &mut Self::Context) -> Self::Result {
         msg.2.taken();
         let r = self.inner.clone();
+        let slots = self.slots.clone();
         Box::pin(async move {
             if let Ok(ip) = msg.0.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
                 return Ok(vec![ip]);
             }
+            let _slot = slots.acquire_owned().await;
             let name = fqdn(&msg.0);
             let (v6, v4) = tokio::join!(r.ipv6_lookup(name.clone()), r.ipv4_lookup(name));
             let mut six: Vec<IpAddr> = v6.iter().flat_map(|l| l.iter().map(|a| IpAddr::V6(a.0))).collect();

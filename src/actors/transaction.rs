@@ -13,9 +13,6 @@ use crate::metrics::{inc, metrics, MailboxTicket};
 use crate::protocol::session::CommitError;
 use crate::queue::spool::{CommitRequest, MessageBody, Spool};
 
-/// Concurrent queue commits (per process).
-static COMMIT_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
-
 /// Body bytes in stored form.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -38,9 +35,28 @@ impl Commit {
     }
 }
 
+/// What every Transaction actor of a server shares (`actors.ini`).
+#[derive(Clone)]
+pub struct TxnLimits {
+    /// `[mailbox] transaction`.
+    pub mailbox: usize,
+    /// `[concurrency] commits`: queue commits at once, per process.
+    pub commits: Arc<tokio::sync::Semaphore>,
+}
+
+impl TxnLimits {
+    pub fn new(a: &crate::config::ActorsConfig) -> TxnLimits {
+        TxnLimits {
+            mailbox: a.transaction_mailbox,
+            commits: Arc::new(tokio::sync::Semaphore::new(a.commits)),
+        }
+    }
+}
+
 pub struct TransactionActor {
     spool: Arc<Spool>,
     spool_after: usize,
+    limits: TxnLimits,
     uuid: String,
     tail: Vec<u8>,
     file: Option<(File, PathBuf)>,
@@ -49,10 +65,11 @@ pub struct TransactionActor {
 }
 
 impl TransactionActor {
-    pub fn new(spool: Arc<Spool>, spool_after: usize, uuid: String) -> Self {
+    pub fn new(spool: Arc<Spool>, spool_after: usize, limits: TxnLimits, uuid: String) -> Self {
         TransactionActor {
             spool,
             spool_after,
+            limits,
             uuid,
             tail: Vec::new(),
             file: None,
@@ -79,7 +96,7 @@ impl Actor for TransactionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(16);
+        ctx.set_mailbox_capacity(self.limits.mailbox);
         inc(&metrics().transaction.started);
     }
 
@@ -128,6 +145,7 @@ impl Handler<Commit> for TransactionActor {
             spooled: spooled.clone(),
             tail: std::mem::take(&mut self.tail),
         };
+        let slots = self.limits.commits.clone();
         ctx.stop();
         Box::pin(async move {
             if let Some(e) = failed {
@@ -138,7 +156,7 @@ impl Handler<Commit> for TransactionActor {
             // A bounded number of committers: concurrent fsyncs are what the file system
             // batches (8 threads already reach its group-commit rate), and more threads only
             // contend for the queue directory's lock.
-            let _slot = COMMIT_SLOTS.acquire().await;
+            let _slot = slots.acquire_owned().await;
             let res = actix_rt::task::spawn_blocking(move || {
                 let r = spool.commit(&msg.0, &body);
                 if let Some(p) = spooled {

@@ -3,6 +3,7 @@
 //! Every key is read here, once, and documented in `docs/config.md`. A bad file or value
 //! stops start-up with a [`ConfigError`] naming the file, the key and the problem.
 
+pub mod actors;
 pub mod ini;
 pub mod outbound;
 
@@ -10,6 +11,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use actors::ActorsConfig;
 pub use ini::IniFile;
 pub use outbound::OutboundConfig;
 
@@ -74,6 +76,8 @@ pub struct Config {
     pub outbound: OutboundConfig,
     /// `outbound.bounce_message`: the human part of DSNs (built-in default when absent).
     pub bounce_template: Option<crate::protocol::dsn::BounceTemplate>,
+    /// `actors.ini`: mailbox capacities and actor concurrency.
+    pub actors: ActorsConfig,
 }
 
 impl Config {
@@ -143,6 +147,7 @@ impl Config {
             no_fsync,
             outbound,
             bounce_template,
+            actors: ActorsConfig::load(&IniFile::load(dir, "actors.ini")?)?,
         })
     }
 
