@@ -5,6 +5,7 @@
 
 pub mod ini;
 pub mod outbound;
+pub mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -12,9 +13,10 @@ use std::time::Duration;
 
 pub use ini::IniFile;
 pub use outbound::OutboundConfig;
+pub use tls::TlsIni;
 
 use crate::hooks::HookSet;
-use crate::protocol::session::{BareEol, SessionConfig};
+use crate::protocol::session::{BareEol, SessionConfig, StartTlsPolicy};
 
 /// A configuration problem: which file, which key, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +48,8 @@ pub struct SmtpIni {
     pub inactivity_timeout: Duration,
     /// `[main] force_shutdown_timeout`: seconds sessions get to finish at shutdown.
     pub force_shutdown_timeout: Duration,
+    /// `[main] smtps_port`: listeners on this port speak TLS from the first byte (RFC 8314).
+    pub smtps_port: u16,
 }
 
 /// The whole configuration directory.
@@ -73,6 +77,8 @@ pub struct Config {
     pub outbound: OutboundConfig,
     /// `outbound.bounce_message`: the human part of DSNs (built-in default when absent).
     pub bounce_template: Option<crate::protocol::dsn::BounceTemplate>,
+    /// `tls.ini`, when the `tls` plugin is listed (inbound TLS on).
+    pub tls: Option<TlsIni>,
 }
 
 impl Config {
@@ -90,7 +96,7 @@ impl Config {
             .into_iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
-        let plugins = read_list(dir, "plugins")?
+        let plugins: Vec<String> = read_list(dir, "plugins")?
             .into_iter()
             .map(|p| p.strip_prefix("haraka-plugin-").map(String::from).unwrap_or(p))
             .collect();
@@ -121,6 +127,10 @@ impl Config {
             .into_iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
+        let tls = match plugins.iter().any(|p: &String| p == "tls") {
+            true => Some(TlsIni::load(dir)?),
+            false => None,
+        };
         let bounce_template = match std::fs::read_to_string(dir.join("outbound.bounce_message")) {
             Ok(t) => Some(
                 crate::protocol::dsn::BounceTemplate::parse(&t)
@@ -141,6 +151,7 @@ impl Config {
             no_fsync,
             outbound,
             bounce_template,
+            tls,
         })
     }
 
@@ -148,6 +159,13 @@ impl Config {
     pub fn session_config(&self, hooks: HookSet) -> SessionConfig {
         let mut s = self.session.clone();
         s.hooks = hooks;
+        if let Some(t) = &self.tls {
+            s.starttls = StartTlsPolicy {
+                enabled: true,
+                no_tls_hosts: t.no_tls_hosts.clone(),
+                no_starttls_ports: t.no_starttls_ports.clone(),
+            };
+        }
         s
     }
 
@@ -194,6 +212,8 @@ fn load_smtp(f: &IniFile) -> Result<SmtpIni, ConfigError> {
         nodes,
         inactivity_timeout: Duration::from_secs(inactivity),
         force_shutdown_timeout: Duration::from_secs(f.u64("main", "force_shutdown_timeout", 30)?),
+        smtps_port: u16::try_from(f.u64("main", "smtps_port", 465)?)
+            .map_err(|_| f.invalid("main", "smtps_port", "not a port number"))?,
     })
 }
 
@@ -256,6 +276,7 @@ fn load_session(f: &IniFile, me: &str) -> Result<SessionConfig, ConfigError> {
         max_received: f.u64("headers", "max_received", d.max_received as u64)? as usize,
         add_received: f.bool("headers", "add_received", d.add_received)?,
         bare_eol,
+        starttls: StartTlsPolicy::default(),
         hooks: HookSet::all(),
     })
 }

@@ -26,6 +26,8 @@ pub enum Command<'a> {
     Quit(&'a str),
     Vrfy(&'a str),
     Help,
+    /// `STARTTLS` (RFC 3207) with whatever followed it (must be nothing).
+    StartTls(&'a str),
     /// Anything else; goes to the `unrecognized_command` hook with verb and arguments.
     Unknown {
         verb: &'a str,
@@ -48,6 +50,7 @@ impl Command<'_> {
             Command::Quit(_) => "QUIT",
             Command::Vrfy(_) => "VRFY",
             Command::Help => "HELP",
+            Command::StartTls(_) => "STARTTLS",
             Command::Unknown { .. } => "UNKNOWN",
         }
     }
@@ -129,6 +132,8 @@ pub fn parse_command(line: &str) -> Command<'_> {
         Command::Vrfy(args)
     } else if is("HELP") {
         Command::Help
+    } else if is("STARTTLS") {
+        Command::StartTls(args)
     } else {
         Command::Unknown { verb, args }
     }
