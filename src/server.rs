@@ -106,7 +106,7 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
 
 /// The TLS server configs when the `tls` plugin is on. A listener on `smtps_port` without
 /// them would speak plain SMTP where clients expect TLS: that is a config error.
-fn inbound_tls(cfg: &Config) -> Result<Option<crate::config::tls::InboundTls>, ConfigError> {
+pub fn inbound_tls(cfg: &Config) -> Result<Option<crate::config::tls::InboundTls>, ConfigError> {
     let tls = cfg.tls.as_ref().map(|t| t.server(&cfg.dir)).transpose()?;
     let smtps = cfg.smtp.listen.iter().any(|a| a.port() == cfg.smtp.smtps_port);
     if smtps && tls.is_none() {

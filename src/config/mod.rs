@@ -122,7 +122,8 @@ impl Config {
         };
         let no_fsync = conn_ini.bool("main", "no_fsync", false)?;
         let mut outbound = OutboundConfig::load(&IniFile::load(dir, "outbound.ini")?)?;
-        outbound.no_tls_hosts = IniFile::load(dir, "tls.ini")?
+        outbound.no_tls_hosts = tls::read_ini(dir)?
+            .0
             .list("outbound", "no_tls_hosts")
             .into_iter()
             .map(|h| h.to_ascii_lowercase())

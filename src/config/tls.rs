@@ -49,13 +49,7 @@ pub struct TlsIni {
 impl TlsIni {
     /// Read `tls.ini` from `dir` (a missing file gives the defaults).
     pub fn load(dir: &Path) -> Result<TlsIni, ConfigError> {
-        let text = match std::fs::read_to_string(dir.join(FILE)) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(ConfigError::new(FILE, None, format!("cannot read: {e}"))),
-        };
-        let (rest, hosts) = split_section(&text, "no_tls_hosts");
-        let f = IniFile::parse(FILE, &rest)?;
+        let (f, hosts) = read_ini(dir)?;
         let min_version = match f.get("main", "minVersion").unwrap_or("TLSv1.2") {
             "TLSv1.2" => MinVersion::Tls12,
             "TLSv1.3" => MinVersion::Tls13,
@@ -138,6 +132,18 @@ impl TlsIni {
     }
 }
 
+/// `tls.ini` as an ini file, with the entries of `[no_tls_hosts]` apart: they are addresses,
+/// which the ini reader would take apart at the dots, and may have no `=value`.
+pub fn read_ini(dir: &Path) -> Result<(IniFile, Vec<String>), ConfigError> {
+    let text = match std::fs::read_to_string(dir.join(FILE)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(ConfigError::new(FILE, None, format!("cannot read: {e}"))),
+    };
+    let (rest, hosts) = split_section(&text, "no_tls_hosts");
+    Ok((IniFile::parse(FILE, &rest)?, hosts))
+}
+
 /// The built rustls configs: one per client-certificate policy.
 #[derive(Debug, Clone)]
 pub struct InboundTls {
@@ -184,8 +190,7 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Take the lines of `[section]` out of ini text: its entries are addresses, which the ini
-/// reader would take apart at the dots, and may have no `=value`.
+/// Take the entries of `[section]` out of ini text (the part before any `=`).
 fn split_section(text: &str, section: &str) -> (String, Vec<String>) {
     let mut rest = String::new();
     let mut entries = Vec::new();
