@@ -282,7 +282,12 @@ pub fn render_prometheus(m: &Metrics, queue: Option<QueueCounts>) -> String {
         "Inbound TLS handshakes (STARTTLS and implicit TLS), by result.",
     );
     for (result, c) in [("ok", &m.tls_handshakes), ("failed", &m.tls_handshake_failures)] {
-        sample(&mut out, "posta_tls_handshakes_total", Some(("result", result)), load(c));
+        sample(
+            &mut out,
+            "posta_tls_handshakes_total",
+            Some(("result", result)),
+            load(c),
+        );
     }
     header(
         &mut out,
@@ -290,7 +295,12 @@ pub fn render_prometheus(m: &Metrics, queue: Option<QueueCounts>) -> String {
         "counter",
         "Bytes pipelined after STARTTLS and discarded (RFC 3207; command injection).",
     );
-    sample(&mut out, "posta_starttls_discarded_bytes_total", None, load(&m.starttls_discarded_bytes));
+    sample(
+        &mut out,
+        "posta_starttls_discarded_bytes_total",
+        None,
+        load(&m.starttls_discarded_bytes),
+    );
     header(
         &mut out,
         "posta_deliveries_total",

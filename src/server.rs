@@ -74,7 +74,10 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
             .map_err(|source| StartError::Listen { addr: *want, source })?;
         sockets[0].push((first, implicit));
         for worker in sockets.iter_mut().skip(1) {
-            worker.push((bind(addr).map_err(|source| StartError::Listen { addr, source })?, implicit));
+            worker.push((
+                bind(addr).map_err(|source| StartError::Listen { addr, source })?,
+                implicit,
+            ));
         }
         local_addrs.push(addr);
     }

@@ -97,7 +97,11 @@ fn assert_closes(mut c: Client) {
         let timeout = matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
         assert!(!timeout, "connection still open");
     }
-    assert!(!buf.starts_with(b"2") && !buf.starts_with(b"5"), "{:?}", String::from_utf8_lossy(&buf));
+    assert!(
+        !buf.starts_with(b"2") && !buf.starts_with(b"5"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
 }
 
 /// The one queue file's text.
@@ -116,7 +120,10 @@ fn starttls_then_a_message_is_received_with_esmtps() {
     assert!(ehlo_offers_starttls(&mut c));
     let mut t = TlsClient::starttls(c, "mx.example.test");
     let ehlo = t.expect("EHLO client.test", 250);
-    assert!(!ehlo.lines.iter().any(|l| l == "STARTTLS"), "offered again under TLS: {ehlo:?}");
+    assert!(
+        !ehlo.lines.iter().any(|l| l == "STARTTLS"),
+        "offered again under TLS: {ehlo:?}"
+    );
     let r = t.send_mail("a@remote.test", "u@example.test", b"Subject: tls\r\n\r\nhello");
     assert_eq!(r.code, 250, "{r:?}");
     t.expect("QUIT", 221);
@@ -382,7 +389,11 @@ fn openssl_s_client_starttls() {
     drop(stdin);
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("250 2.0.0 OK"), "stdout: {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("250 2.0.0 OK"),
+        "stdout: {text}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("221 "), "{text}");
 }
 

@@ -266,21 +266,17 @@ impl Driver {
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.for_port(self.session.conn().local.port()));
         let result = tokio::time::timeout(self.shared.inactivity, acceptor.accept(tcp)).await;
-        let failed = |why: String| {
-            inc(&metrics().tls_handshake_failures);
-            tracing::info!(error = %why, "TLS handshake failed, closing connection");
+        let s = match result {
+            Ok(Ok(s)) => s,
+            Err(_) => return handshake_failed("timed out".into()),
+            Ok(Err(e)) => return handshake_failed(e.to_string()),
         };
-        match result {
-            Err(_) => Err(failed("timed out".into())),
-            Ok(Err(e)) => Err(failed(e.to_string())),
-            Ok(Ok(s)) => {
-                inc(&metrics().tls_handshakes);
-                let info = tls_info(s.get_ref().1);
-                tracing::info!(version = %info.version, cipher = %info.cipher, sni = info.sni.as_deref().unwrap_or(""), "TLS started");
-                self.stream = Stream::Tls(Box::new(s), vec![0; TLS_READ_BUF]);
-                Ok(info)
-            }
-        }
+        inc(&metrics().tls_handshakes);
+        let info = tls_info(s.get_ref().1);
+        let sni = info.sni.as_deref().unwrap_or("");
+        tracing::info!(version = %info.version, cipher = %info.cipher, sni, "TLS started");
+        self.stream = Stream::Tls(Box::new(s), vec![0; TLS_READ_BUF]);
+        Ok(info)
     }
 
     async fn internal_error(&mut self, what: &str) {
@@ -455,6 +451,13 @@ impl Driver {
             "disconnect"
         );
     }
+}
+
+/// A handshake that failed or timed out: logged (the client's problem, so at info) and counted.
+fn handshake_failed(why: String) -> Result<TlsInfo, ()> {
+    inc(&metrics().tls_handshake_failures);
+    tracing::info!(error = %why, "TLS handshake failed, closing connection");
+    Err(())
 }
 
 /// What a finished handshake settled.

@@ -72,7 +72,11 @@ impl TlsIni {
             ca: f.get("main", "ca").filter(|c| !c.is_empty()).map(|c| dir.join(c)),
         };
         if !ini.require_authorized.is_empty() && ini.ca.is_none() {
-            return Err(f.invalid("main", "requireAuthorized", "needs [main] ca to verify client certificates"));
+            return Err(f.invalid(
+                "main",
+                "requireAuthorized",
+                "needs [main] ca to verify client certificates",
+            ));
         }
         // Checked here too so that a bad name fails without any key on disk.
         suites(&ini.ciphers)?;
@@ -236,7 +240,12 @@ fn networks(entries: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
 fn ports(f: &IniFile, key: &str) -> Result<Vec<u16>, ConfigError> {
     f.list("main", key)
         .iter()
-        .flat_map(|v| v.split(',').map(str::trim).filter(|p| !p.is_empty()).collect::<Vec<_>>())
+        .flat_map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+        })
         .map(|p| {
             p.parse::<u16>()
                 .map_err(|_| f.invalid("main", key, format!("'{p}' is not a port number")))
@@ -246,17 +255,33 @@ fn ports(f: &IniFile, key: &str) -> Result<Vec<u16>, ConfigError> {
 
 /// OpenSSL spelling of the suites rustls (ring) implements; TLS 1.3 names are the same in both.
 const OPENSSL_NAMES: [(&str, &str); 6] = [
-    ("ECDHE-ECDSA-AES256-GCM-SHA384", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"),
-    ("ECDHE-ECDSA-AES128-GCM-SHA256", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"),
-    ("ECDHE-ECDSA-CHACHA20-POLY1305", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"),
+    (
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    ),
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    ),
+    (
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    ),
     ("ECDHE-RSA-AES256-GCM-SHA384", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"),
     ("ECDHE-RSA-AES128-GCM-SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
-    ("ECDHE-RSA-CHACHA20-POLY1305", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"),
+    (
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    ),
 ];
 
 /// The IANA name of a suite (`TLS_AES_128_GCM_SHA256`), for logs and `ciphers`.
 pub fn suite_name(s: SupportedCipherSuite) -> String {
-    let raw = s.suite().as_str().map(String::from).unwrap_or_else(|| format!("{:?}", s.suite()));
+    let raw = s
+        .suite()
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(|| format!("{:?}", s.suite()));
     match raw.strip_prefix("TLS13_") {
         Some(rest) => format!("TLS_{rest}"),
         None => raw,
@@ -281,7 +306,10 @@ fn suites(names: &[String]) -> Result<Vec<SupportedCipherSuite>, ConfigError> {
             return Err(ConfigError::new(
                 FILE,
                 Some("[main] ciphers".into()),
-                format!("unknown or unsupported cipher '{name}' (supported: {})", known.join(" ")),
+                format!(
+                    "unknown or unsupported cipher '{name}' (supported: {})",
+                    known.join(" ")
+                ),
             ));
         };
         out.push(*s);
@@ -325,10 +353,14 @@ fn load_bundle(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err(cert_path, format!("broken PEM certificate: {e}")))?;
     if chain.is_empty() {
-        return Err(err(cert_path, "no certificate (-----BEGIN CERTIFICATE-----) found".into()));
+        return Err(err(
+            cert_path,
+            "no certificate (-----BEGIN CERTIFICATE-----) found".into(),
+        ));
     }
     let key_pem = std::fs::read(key_path).map_err(|e| err(key_path, format!("cannot read private key: {e}")))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| err(key_path, format!("no usable private key: {e}")))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| err(key_path, format!("no usable private key: {e}")))?;
     cert_names(&chain[0], cert_path, dir)?;
     CertifiedKey::from_der(chain, key, provider)
         .map(Arc::new)
@@ -339,7 +371,12 @@ fn load_bundle(
 fn cert_names(cert: &CertificateDer<'_>, path: &Path, dir: &Path) -> Result<Vec<String>, ConfigError> {
     let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|e| ConfigError::new(&shown(path, dir), None, format!("broken certificate: {e}")))?;
-    let mut names: Vec<String> = x.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(String::from).collect();
+    let mut names: Vec<String> = x
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok())
+        .map(String::from)
+        .collect();
     if let Ok(Some(san)) = x.subject_alternative_name() {
         for n in &san.value.general_names {
             if let x509_parser::extensions::GeneralName::DNSName(d) = n {
@@ -372,7 +409,10 @@ fn client_verifiers(ca: &Path, provider: &Arc<CryptoProvider>) -> Result<(Verifi
     }
     let roots = Arc::new(roots);
     let builder = || WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
-    let optional = builder().allow_unauthenticated().build().map_err(|e| err(e.to_string()))?;
+    let optional = builder()
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| err(e.to_string()))?;
     let required = builder().build().map_err(|e| err(e.to_string()))?;
     Ok((optional, required))
 }
@@ -403,7 +443,10 @@ mod tests {
         let e = TlsIni::load(d.path()).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("[main] ciphers"));
         std::fs::write(d.path().join(FILE), "[main]\nminVersion=SSLv3\n").unwrap();
-        assert_eq!(TlsIni::load(d.path()).unwrap_err().key.as_deref(), Some("[main] minVersion"));
+        assert_eq!(
+            TlsIni::load(d.path()).unwrap_err().key.as_deref(),
+            Some("[main] minVersion")
+        );
         std::fs::write(d.path().join(FILE), "[no_tls_hosts]\nnot-an-ip\n").unwrap();
         assert!(TlsIni::load(d.path()).unwrap_err().problem.contains("not-an-ip"));
     }

@@ -1469,11 +1469,19 @@ mod tests {
 
     #[test]
     fn starttls_refusals() {
-        let r = run_tls(tls_cfg(), b"EHLO c\r\nSTARTTLS now\r\nSTARTTLS\r\n", b"EHLO c\r\nSTARTTLS\r\n");
+        let r = run_tls(
+            tls_cfg(),
+            b"EHLO c\r\nSTARTTLS now\r\nSTARTTLS\r\n",
+            b"EHLO c\r\nSTARTTLS\r\n",
+        );
         assert_eq!(codes(&r.before), vec![220, 250, 501, 220]);
         assert_eq!(codes(&r.after), vec![250, 503]);
         assert!(r.after.contains("503 5.5.1 Already using TLS"));
-        let r = run_tls(tls_cfg(), b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nSTARTTLS\r\nRSET\r\nSTARTTLS\r\n", b"");
+        let r = run_tls(
+            tls_cfg(),
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nSTARTTLS\r\nRSET\r\nSTARTTLS\r\n",
+            b"",
+        );
         assert_eq!(codes(&r.before), vec![220, 250, 250, 503, 250, 220]);
     }
 
@@ -1486,7 +1494,10 @@ mod tests {
         );
         assert_eq!(codes(&r.after), vec![250, 250, 250, 354, 250]);
         let body = String::from_utf8_lossy(&r.body);
-        assert!(body.contains("with ESMTPS (TLSv1.3 TLS_AES_128_GCM_SHA256) id "), "{body}");
+        assert!(
+            body.contains("with ESMTPS (TLSv1.3 TLS_AES_128_GCM_SHA256) id "),
+            "{body}"
+        );
     }
 
     fn run(input: &[u8]) -> Run {
