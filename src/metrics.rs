@@ -521,7 +521,7 @@ mod tests {
                 assert!(typed.contains(family), "sample before its TYPE: {line}");
             }
         }
-        assert_eq!(typed.len(), 19);
+        assert_eq!(typed.len(), 21);
         assert!(text.ends_with('\n'));
     }
 

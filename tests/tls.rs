@@ -45,6 +45,27 @@ impl TlsClient {
         })
     }
 
+    /// Handshake with a client certificate, trusting `server` (the server's certificate).
+    fn handshake_with_cert(mut tcp: TcpStream, server: &[u8], client: &ClientCert) -> std::io::Result<TlsClient> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server.to_vec().into()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![client.der.clone().into()], client.key())
+            .unwrap();
+        let name = ServerName::try_from("mx.example.test").unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp)?;
+        }
+        Ok(TlsClient {
+            reader: BufReader::new(rustls::StreamOwned::new(conn, tcp)),
+        })
+    }
+
     /// STARTTLS on a plain client that has just had its reply to EHLO.
     fn starttls(mut c: Client, sni: &str) -> TlsClient {
         c.expect("STARTTLS", 220);
@@ -412,4 +433,79 @@ fn metrics_count_handshakes_and_discarded_bytes() {
     t.expect("NOOP", 250);
     let after = m.starttls_discarded_bytes.load(std::sync::atomic::Ordering::Relaxed);
     assert!(after >= before + 6, "{before} -> {after}");
+}
+
+/// A client certificate and its key, signed by a test CA.
+struct ClientCert {
+    ca_pem: String,
+    der: Vec<u8>,
+    key_der: Vec<u8>,
+}
+
+impl ClientCert {
+    fn new() -> ClientCert {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "posta test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(vec!["client.test".to_string()]).unwrap();
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let der = leaf.signed_by(&key, &issuer).unwrap().der().to_vec();
+        ClientCert {
+            ca_pem,
+            der,
+            key_der: key.serialize_der(),
+        }
+    }
+
+    fn key(&self) -> rustls::pki_types::PrivateKeyDer<'static> {
+        rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into())
+    }
+}
+
+#[test]
+fn require_authorized_port_needs_a_client_certificate() {
+    let port = common::process::free_port();
+    let client = ClientCert::new();
+    let ca = client.ca_pem.clone();
+    let mut server_der = Vec::new();
+    let s = start(|d| {
+        server_der = enable_tls(d);
+        std::fs::write(d.join("ca.pem"), &ca).unwrap();
+        std::fs::write(
+            d.join("tls.ini"),
+            format!("[main]\nca=ca.pem\nrequireAuthorized[]={port}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("smtp.ini"),
+            format!("[main]\nlisten=127.0.0.1:0,127.0.0.1:{port}\nnodes=1\n"),
+        )
+        .unwrap();
+    });
+    let (open, strict) = (s.server.local_addrs[0], s.server.local_addrs[1]);
+
+    // Without a certificate: refused on the strict port (an alert, then the connection ends).
+    let mut c = Client::connect(strict);
+    c.expect("EHLO client.test", 250);
+    c.expect("STARTTLS", 220);
+    if let Ok(mut t) = TlsClient::handshake(c.reader.into_inner(), "mx.example.test") {
+        let _ = t.reader.get_mut().write_all(b"EHLO client.test\r\n");
+        assert!(t.reply().is_none(), "served without a client certificate");
+    }
+    // Without one on the other port: fine.
+    let mut c = Client::connect(open);
+    c.expect("EHLO client.test", 250);
+    TlsClient::starttls(c, "mx.example.test").expect("EHLO client.test", 250);
+    // With one on the strict port: a message goes through.
+    let mut c = Client::connect(strict);
+    c.expect("EHLO client.test", 250);
+    c.expect("STARTTLS", 220);
+    let mut t = TlsClient::handshake_with_cert(c.reader.into_inner(), &server_der, &client).expect("handshake");
+    t.expect("EHLO client.test", 250);
+    assert_eq!(t.send_mail("a@remote.test", "u@example.test", b"hi").code, 250);
 }
