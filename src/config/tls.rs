@@ -103,7 +103,10 @@ impl TlsIni {
                 Some(v) => b.with_client_cert_verifier(v),
                 None => b.with_no_client_auth(),
             };
-            Ok::<_, ConfigError>(Arc::new(b.with_cert_resolver(resolver.clone())))
+            let mut cfg = b.with_cert_resolver(resolver.clone());
+            // Haraka's honorCipherOrder=true: our order of `ciphers`, not the client's.
+            cfg.ignore_client_order = true;
+            Ok::<_, ConfigError>(Arc::new(cfg))
         };
         let (optional, required) = match &self.ca {
             Some(ca) => {
