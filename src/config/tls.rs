@@ -460,6 +460,30 @@ mod tests {
         assert_eq!(s.len(), 2);
     }
 
+    fn key(name: &str) -> Arc<CertifiedKey> {
+        let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        let der = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let provider = rustls::crypto::ring::default_provider();
+        Arc::new(CertifiedKey::from_der(vec![ck.cert.der().clone()], der, &provider).unwrap())
+    }
+
+    #[test]
+    fn sni_exact_then_wildcard_then_nothing() {
+        let (exact, wild) = (key("a.example.test"), key("*.example.test"));
+        let r = SniResolver {
+            default: key("mx.test"),
+            named: vec![
+                ("*.example.test".into(), wild.clone()),
+                ("a.example.test".into(), exact.clone()),
+            ],
+        };
+        assert!(Arc::ptr_eq(&r.find("A.EXAMPLE.test").unwrap(), &exact));
+        assert!(Arc::ptr_eq(&r.find("b.example.test").unwrap(), &wild));
+        assert!(r.find("b.c.example.test").is_none());
+        assert!(r.find("example.test").is_none());
+        assert!(r.find("").is_none());
+    }
+
     #[test]
     fn missing_key_names_the_file() {
         let d = tempfile::tempdir().unwrap();
