@@ -228,6 +228,7 @@ fn run_session(cfg: &Arc<SessionConfig>, reads: &[Vec<u8>]) -> usize {
                     s.peer_closed();
                 }
             }
+            Action::StartTls { .. } => s.peer_closed(),
             Action::Close => break,
         }
     }

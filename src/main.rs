@@ -226,6 +226,7 @@ fn main() -> ExitCode {
         Cmd::CheckConfig { config } => match Config::load(&config)
             .and_then(|c| posta::logging::load(&config).map(|_| c))
             .and_then(|c| registry.build(&c).map(|_| c))
+            .and_then(|c| posta::server::inbound_tls(&c).map(|_| c))
         {
             Ok(c) => {
                 println!(

@@ -142,6 +142,11 @@ pub struct Metrics {
     pub connections_reused: AtomicU64,
     pub messages_queued: AtomicU64,
     pub commit_errors: AtomicU64,
+    /// Inbound TLS handshakes (STARTTLS and implicit TLS) that succeeded / failed or timed out.
+    pub tls_handshakes: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
+    /// Bytes a client pipelined after STARTTLS, thrown away (command injection attempts).
+    pub starttls_discarded_bytes: AtomicU64,
     /// Replies sent to SMTP clients, by code.
     pub smtp_replies: DashMap<u16, AtomicU64>,
     /// MAIL commands that started a transaction (added when the connection closes).
@@ -314,6 +319,32 @@ pub fn render_prometheus(m: &Metrics, queue: Option<QueueCounts>) -> String {
         "Inbound messages whose commit to the queue failed (answered 451/452).",
     );
     sample(&mut out, "posta_commit_errors_total", None, load(&m.commit_errors));
+    header(
+        &mut out,
+        "posta_tls_handshakes_total",
+        "counter",
+        "Inbound TLS handshakes (STARTTLS and implicit TLS), by result.",
+    );
+    for (result, c) in [("ok", &m.tls_handshakes), ("failed", &m.tls_handshake_failures)] {
+        sample(
+            &mut out,
+            "posta_tls_handshakes_total",
+            Some(("result", result)),
+            load(c),
+        );
+    }
+    header(
+        &mut out,
+        "posta_starttls_discarded_bytes_total",
+        "counter",
+        "Bytes pipelined after STARTTLS and discarded (RFC 3207; command injection).",
+    );
+    sample(
+        &mut out,
+        "posta_starttls_discarded_bytes_total",
+        None,
+        load(&m.starttls_discarded_bytes),
+    );
     header(
         &mut out,
         "posta_deliveries_total",
@@ -571,7 +602,7 @@ mod tests {
                 assert!(typed.contains(family), "sample before its TYPE: {line}");
             }
         }
-        assert_eq!(typed.len(), 22);
+        assert_eq!(typed.len(), 24);
         assert!(text.ends_with('\n'));
     }
 

@@ -34,8 +34,8 @@ pub enum StartError {
 pub struct Prepared {
     shared: Arc<Shared>,
     cfg: Config,
-    /// For each worker, its sockets (one per listen address).
-    sockets: Vec<Vec<std::net::TcpListener>>,
+    /// For each worker, its sockets (one per listen address), each with "implicit TLS".
+    sockets: Vec<Vec<(std::net::TcpListener, bool)>>,
     pub local_addrs: Vec<SocketAddr>,
     /// The bound metrics endpoint (`metrics.ini [main] listen`), if configured.
     metrics: Option<std::net::TcpListener>,
@@ -45,6 +45,7 @@ pub struct Prepared {
 /// Validate and bind (no threads started yet).
 pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, StartError> {
     let chain = registry.build(cfg)?;
+    let tls = inbound_tls(cfg)?;
     let spool = Spool::open(&cfg.queue_dir, &cfg.me, cfg.no_fsync)
         .map_err(|source| StartError::Queue {
             dir: cfg.queue_dir.display().to_string(),
@@ -61,19 +62,24 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
         queue: std::sync::OnceLock::new(),
         shutdown: tokio::sync::watch::channel(false).0,
         reload: std::sync::OnceLock::new(),
+        tls: std::sync::RwLock::new(tls),
     });
     let nodes = cfg.smtp.nodes.max(1);
-    let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..nodes).map(|_| Vec::new()).collect();
+    let mut sockets: Vec<Vec<(std::net::TcpListener, bool)>> = (0..nodes).map(|_| Vec::new()).collect();
     let mut local_addrs = Vec::new();
     for want in &cfg.smtp.listen {
+        let implicit = want.port() == cfg.smtp.smtps_port;
         // Bind the first socket, then the others to the port it got (port 0 in tests).
         let first = bind(*want).map_err(|source| StartError::Listen { addr: *want, source })?;
         let addr = first
             .local_addr()
             .map_err(|source| StartError::Listen { addr: *want, source })?;
-        sockets[0].push(first);
+        sockets[0].push((first, implicit));
         for worker in sockets.iter_mut().skip(1) {
-            worker.push(bind(addr).map_err(|source| StartError::Listen { addr, source })?);
+            worker.push((
+                bind(addr).map_err(|source| StartError::Listen { addr, source })?,
+                implicit,
+            ));
         }
         local_addrs.push(addr);
     }
@@ -101,6 +107,24 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
         metrics,
         metrics_addr,
     })
+}
+
+/// The TLS server configs when the `tls` plugin is on. A listener on `smtps_port` without
+/// them would speak plain SMTP where clients expect TLS: that is a config error.
+pub fn inbound_tls(cfg: &Config) -> Result<Option<crate::config::tls::InboundTls>, ConfigError> {
+    let tls = cfg.tls.as_ref().map(|t| t.server(&cfg.dir)).transpose()?;
+    let smtps = cfg.smtp.listen.iter().any(|a| a.port() == cfg.smtp.smtps_port);
+    if smtps && tls.is_none() {
+        return Err(ConfigError::new(
+            "smtp.ini",
+            Some("[main] smtps_port".into()),
+            format!(
+                "a listener is on port {} (implicit TLS) but the tls plugin is not in config/plugins",
+                cfg.smtp.smtps_port
+            ),
+        ));
+    }
+    Ok(tls)
 }
 
 /// `metrics.ini [main] listen`: where to serve `GET /metrics` (empty: nowhere). Loopback only
@@ -178,8 +202,8 @@ impl Prepared {
             let arbiter = Arbiter::new();
             let shared = self.shared.clone();
             arbiter.spawn_fn(move || {
-                for socket in worker {
-                    Listener::new(socket, shared.clone()).start();
+                for (socket, implicit_tls) in worker {
+                    Listener::new(socket, shared.clone(), implicit_tls).start();
                 }
             });
             arbiters.push(arbiter);
@@ -438,16 +462,22 @@ impl Reloader {
     /// Ok: what was reloaded (and what needs a restart); Err: why the new config was refused.
     fn reload(&self, shared: &Shared) -> Result<String, String> {
         let dir = &self.running.dir;
-        let new = match Config::load(dir).and_then(|c| self.registry.build(&c).map(|chain| (c, chain))) {
+        let built = Config::load(dir).and_then(|c| {
+            let chain = self.registry.build(&c)?;
+            let tls = inbound_tls(&c)?;
+            Ok((c, chain, tls))
+        });
+        let (cfg, chain, tls) = match built {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "reload refused: invalid config, the running config stays");
                 return Err(format!("reload refused: {e}; the running config stays"));
             }
         };
-        let (cfg, chain) = new;
         let session = cfg.session_for(&chain);
         shared.replace(chain, session);
+        // Certificates are read again: renewed ones apply to new sessions.
+        shared.replace_tls(tls);
         let outbound = self.reload_outbound(shared, &cfg);
         let restart = self.restart_needed(&cfg);
         for what in &restart {
@@ -455,10 +485,10 @@ impl Reloader {
         }
         tracing::info!(
             plugins = cfg.plugins.len(),
-            "config reloaded: plugins and connection settings"
+            "config reloaded: plugins, connection settings and TLS certificates"
         );
         let mut done = format!(
-            "config reloaded from {}: {} plugin(s), connection settings{}",
+            "config reloaded from {}: {} plugin(s), connection settings, TLS certificates{}",
             dir.display(),
             cfg.plugins.len(),
             if outbound { ", outbound.ini" } else { "" }
@@ -478,6 +508,9 @@ impl Reloader {
         }
         if old.smtp.nodes != new.smtp.nodes {
             v.push("smtp.ini [main] nodes");
+        }
+        if old.smtp.smtps_port != new.smtp.smtps_port {
+            v.push("smtp.ini [main] smtps_port");
         }
         if old.smtp.inactivity_timeout != new.smtp.inactivity_timeout {
             v.push("smtp.ini [main] inactivity_timeout");

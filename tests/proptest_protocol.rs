@@ -769,6 +769,7 @@ fn drive(segs: &[&[u8]], answers: &Answers) -> Result<Vec<u8>, TestCaseError> {
                     return Err(TestCaseError::fail("session asks for input after peer_closed"));
                 }
             }
+            Action::StartTls { .. } => s.peer_closed(),
             Action::Close => {
                 closed = true;
                 break;

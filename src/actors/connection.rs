@@ -12,11 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::transaction::{Chunk, Commit, TransactionActor};
 use super::txn_log::TxnLog;
+use crate::config::tls::InboundTls;
+use crate::hooks::state::TlsInfo;
 use crate::hooks::{Connection, HookContext, PluginChain};
 use crate::metrics::{count_replies, inc, metrics};
 use crate::protocol::session::{Action, CommitError, Session, SessionConfig};
@@ -43,6 +45,8 @@ pub struct Shared {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Where the control socket sends `posta reload` (set by `server::run`).
     pub reload: std::sync::OnceLock<tokio::sync::mpsc::Sender<super::control::ReloadAsk>>,
+    /// Inbound TLS (the `tls` plugin), swapped on reload: new sessions get renewed certificates.
+    pub tls: std::sync::RwLock<Option<InboundTls>>,
 }
 
 impl Shared {
@@ -51,6 +55,16 @@ impl Shared {
         let chain = self.chain.read().unwrap_or_else(|p| p.into_inner()).clone();
         let session = self.session.read().unwrap_or_else(|p| p.into_inner()).clone();
         (chain, session)
+    }
+
+    /// The current TLS server configs, if TLS is on.
+    pub fn tls(&self) -> Option<InboundTls> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swap in new TLS server configs (reload).
+    pub fn replace_tls(&self, tls: Option<InboundTls>) {
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
     }
 
     /// Swap in a new plugin chain and session settings (reload).
@@ -65,16 +79,26 @@ pub struct ConnectionActor {
 }
 
 impl ConnectionActor {
-    pub fn new(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shared: Arc<Shared>) -> Self {
+    /// `implicit_tls`: the listener is on `smtps_port`, the handshake comes before the banner.
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        shared: Arc<Shared>,
+        implicit_tls: bool,
+    ) -> Self {
         let conn = Connection::new(peer, local);
         let (chain, cfg) = shared.snapshot();
+        let tls = shared.tls();
         let session = Session::new(cfg, conn);
         ConnectionActor {
             driver: Some(Driver {
-                stream,
+                stream: Stream::Plain(stream),
                 session,
                 chain,
                 shared,
+                tls,
+                implicit_tls,
                 txn: None,
                 greeted: false,
                 started: std::time::Instant::now(),
@@ -118,12 +142,57 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
 }
 
+/// Bytes a TLS connection reads at a time (its own buffer: rustls has one per connection too).
+const TLS_READ_BUF: usize = 16 * 1024;
+
+/// The client socket: plain TCP until a handshake, then TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, Vec<u8>),
+    /// A failed handshake consumed the socket.
+    Gone,
+}
+
+impl Stream {
+    async fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(b).await,
+            Stream::Tls(s, _) => {
+                s.write_all(b).await?;
+                s.flush().await
+            }
+            Stream::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = match self {
+            Stream::Plain(s) => s.shutdown().await,
+            Stream::Tls(s, _) => s.shutdown().await,
+            Stream::Gone => Ok(()),
+        };
+    }
+
+    /// Wait for input: `None` when a plain socket is readable (read it with `try_read`),
+    /// `Some(n)` when `n` bytes were read into the TLS buffer.
+    async fn ready(&mut self) -> std::io::Result<Option<usize>> {
+        match self {
+            Stream::Plain(s) => s.readable().await.map(|()| None),
+            Stream::Tls(s, buf) => s.read(buf).await.map(Some),
+            Stream::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
 /// The connection loop's state, moved into the actor's future.
 struct Driver {
-    stream: TcpStream,
+    stream: Stream,
     session: Session,
     chain: Arc<PluginChain>,
     shared: Arc<Shared>,
+    /// TLS configs as they were when the connection started.
+    tls: Option<InboundTls>,
+    implicit_tls: bool,
     txn: Option<Addr<TransactionActor>>,
     greeted: bool,
     started: std::time::Instant,
@@ -133,6 +202,12 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self) {
+        if self.implicit_tls {
+            match self.handshake().await {
+                Ok(info) => self.session.tls_started(info),
+                Err(()) => return self.summary(),
+            }
+        }
         loop {
             let action = match std::panic::catch_unwind(AssertUnwindSafe(|| self.session.next_action())) {
                 Ok(a) => a,
@@ -148,6 +223,7 @@ impl Driver {
                 Action::Commit => self.commit().await,
                 Action::Discard => self.txn = None,
                 Action::NeedInput => self.input().await,
+                Action::StartTls { discarded } => self.start_tls(discarded).await,
                 Action::Close => return self.close().await,
                 Action::Pause(d) => tokio::time::sleep(d).await,
             }
@@ -178,6 +254,46 @@ impl Driver {
         }
     }
 
+    /// STARTTLS accepted: `220 Go ahead` out, then the handshake (RFC 3207).
+    async fn start_tls(&mut self, discarded: usize) {
+        if discarded > 0 {
+            metrics()
+                .starttls_discarded_bytes
+                .fetch_add(discarded as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(bytes = discarded, "input pipelined after STARTTLS discarded");
+        }
+        if !self.flush().await {
+            return self.session.peer_closed();
+        }
+        match self.handshake().await {
+            Ok(info) => self.session.tls_started(info),
+            Err(()) => self.session.peer_closed(),
+        }
+    }
+
+    /// The TLS handshake on the plain socket, within the inactivity timeout. Failures are
+    /// logged and counted; the socket is gone afterwards.
+    async fn handshake(&mut self) -> Result<TlsInfo, ()> {
+        let stream = std::mem::replace(&mut self.stream, Stream::Gone);
+        let (Stream::Plain(tcp), Some(tls)) = (stream, &self.tls) else {
+            tracing::error!("TLS handshake asked for without TLS configured");
+            return Err(());
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.for_port(self.session.conn().local.port()));
+        let result = tokio::time::timeout(self.shared.inactivity, acceptor.accept(tcp)).await;
+        let s = match result {
+            Ok(Ok(s)) => s,
+            Err(_) => return handshake_failed("timed out".into()),
+            Ok(Err(e)) => return handshake_failed(e.to_string()),
+        };
+        inc(&metrics().tls_handshakes);
+        let info = tls_info(s.get_ref().1);
+        let sni = info.sni.as_deref().unwrap_or("");
+        tracing::info!(version = %info.version, cipher = %info.cipher, sni, "TLS started");
+        self.stream = Stream::Tls(Box::new(s), vec![0; TLS_READ_BUF]);
+        Ok(info)
+    }
+
     async fn internal_error(&mut self, what: &str) {
         inc(&metrics().connection.panics);
         tracing::error!(uuid = %self.session.conn().uuid, what, "panic caught, closing connection");
@@ -186,7 +302,7 @@ impl Driver {
         if let Ok(Ok(())) = tokio::time::timeout(self.shared.inactivity, self.stream.write_all(&out)).await {
             count_replies(metrics(), &out);
         }
-        let _ = self.stream.shutdown().await;
+        self.stream.shutdown().await;
     }
 
     fn transaction(&mut self) -> Addr<TransactionActor> {
@@ -280,21 +396,33 @@ impl Driver {
             return self.session.shutting_down();
         }
         tokio::select! {
-            r = tokio::time::timeout(self.shared.inactivity, self.stream.readable()) => match r {
+            r = tokio::time::timeout(self.shared.inactivity, self.stream.ready()) => match r {
                 Err(_) => self.session.timed_out(),
-                Ok(Err(_)) => self.session.peer_closed(),
-                Ok(Ok(())) => self.read_ready(),
+                Ok(Err(_)) | Ok(Ok(Some(0))) => self.session.peer_closed(),
+                Ok(Ok(None)) => self.read_ready(),
+                Ok(Ok(Some(n))) => self.tls_read(n),
             },
             // A graceful shutdown ends idle sessions; a message being received finishes first.
             _ = stop.changed(), if idle => self.session.shutting_down(),
         }
     }
 
-    /// Input already waiting before the banner went out: an early talker.
+    /// `n` bytes arrived in the TLS buffer.
+    fn tls_read(&mut self, n: usize) {
+        if let Stream::Tls(_, buf) = &self.stream {
+            self.session.receive(&buf[..n.min(buf.len())]);
+        }
+    }
+
+    /// Input already waiting before the banner went out: an early talker. (Plain only: on
+    /// TLS nothing can be read without waiting.)
     fn early_input(&mut self) {
+        let Stream::Plain(stream) = &self.stream else {
+            return;
+        };
         READ_BUF.with(|b| {
             let mut b = b.borrow_mut();
-            if let Ok(n) = self.stream.try_read(&mut b) {
+            if let Ok(n) = stream.try_read(&mut b) {
                 if n == 0 {
                     self.session.peer_closed();
                 } else {
@@ -305,9 +433,12 @@ impl Driver {
     }
 
     fn read_ready(&mut self) {
+        let Stream::Plain(stream) = &self.stream else {
+            return;
+        };
         READ_BUF.with(|b| {
             let mut b = b.borrow_mut();
-            match self.stream.try_read(&mut b) {
+            match stream.try_read(&mut b) {
                 Ok(0) => self.session.peer_closed(),
                 Ok(n) => self.session.receive(&b[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -320,7 +451,7 @@ impl Driver {
         TxnLog::end(&mut self.txn_log);
         self.txn = None;
         self.flush().await;
-        let _ = self.stream.shutdown().await;
+        self.stream.shutdown().await;
         self.summary();
     }
 
@@ -337,6 +468,8 @@ impl Driver {
             early = c.early_talker,
             esmtp = c.esmtp(),
             tls = c.tls,
+            tls_version = c.tls_info.as_ref().map(|t| t.version.as_str()).unwrap_or(""),
+            tls_cipher = c.tls_info.as_ref().map(|t| t.cipher.as_str()).unwrap_or(""),
             pipe = c.pipelining,
             errors = c.errors,
             txns = c.tran_count,
@@ -344,5 +477,31 @@ impl Driver {
             time_ms = self.started.elapsed().as_millis() as u64,
             "disconnect"
         );
+    }
+}
+
+/// A handshake that failed or timed out: logged (the client's problem, so at info) and counted.
+fn handshake_failed(why: String) -> Result<TlsInfo, ()> {
+    inc(&metrics().tls_handshake_failures);
+    tracing::info!(error = %why, "TLS handshake failed, closing connection");
+    Err(())
+}
+
+/// What a finished handshake settled.
+fn tls_info(c: &rustls::ServerConnection) -> TlsInfo {
+    let version = match c.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(v) => format!("{v:?}"),
+        None => String::new(),
+    };
+    TlsInfo {
+        version,
+        cipher: c
+            .negotiated_cipher_suite()
+            .map(crate::config::tls::suite_name)
+            .unwrap_or_default(),
+        sni: c.server_name().map(String::from),
+        verified_client: c.peer_certificates().is_some_and(|p| !p.is_empty()),
     }
 }

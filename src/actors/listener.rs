@@ -11,13 +11,16 @@ use super::connection::{ConnectionActor, Shared};
 pub struct Listener {
     socket: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
+    /// On `smtps_port`: every connection starts with a TLS handshake (RFC 8314).
+    implicit_tls: bool,
 }
 
 impl Listener {
-    pub fn new(socket: std::net::TcpListener, shared: Arc<Shared>) -> Self {
+    pub fn new(socket: std::net::TcpListener, shared: Arc<Shared>, implicit_tls: bool) -> Self {
         Listener {
             socket: Some(socket),
             shared,
+            implicit_tls,
         }
     }
 }
@@ -30,11 +33,11 @@ impl Actor for Listener {
             return;
         };
         let shared = self.shared.clone();
-        ctx.spawn(accept_loop(socket, shared).into_actor(self));
+        ctx.spawn(accept_loop(socket, shared, self.implicit_tls).into_actor(self));
     }
 }
 
-async fn accept_loop(socket: std::net::TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(socket: std::net::TcpListener, shared: Arc<Shared>, implicit_tls: bool) {
     let listener = match tokio::net::TcpListener::from_std(socket) {
         Ok(l) => l,
         Err(e) => {
@@ -53,7 +56,7 @@ async fn accept_loop(socket: std::net::TcpListener, shared: Arc<Shared>) {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().ok().or(local).unwrap_or(peer);
-                ConnectionActor::new(stream, peer, local, shared.clone()).start();
+                ConnectionActor::new(stream, peer, local, shared.clone(), implicit_tls).start();
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

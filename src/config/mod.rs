@@ -6,6 +6,7 @@
 pub mod actors;
 pub mod ini;
 pub mod outbound;
+pub mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -14,10 +15,11 @@ use std::time::Duration;
 pub use actors::ActorsConfig;
 pub use ini::IniFile;
 pub use outbound::OutboundConfig;
+pub use tls::TlsIni;
 
 use crate::hooks::HookSet;
 use crate::protocol::sasl::AuthSettings;
-use crate::protocol::session::{BareEol, SessionConfig};
+use crate::protocol::session::{BareEol, SessionConfig, StartTlsPolicy};
 
 /// A configuration problem: which file, which key, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +51,8 @@ pub struct SmtpIni {
     pub inactivity_timeout: Duration,
     /// `[main] force_shutdown_timeout`: seconds sessions get to finish at shutdown.
     pub force_shutdown_timeout: Duration,
+    /// `[main] smtps_port`: listeners on this port speak TLS from the first byte (RFC 8314).
+    pub smtps_port: u16,
 }
 
 /// The whole configuration directory.
@@ -78,6 +82,8 @@ pub struct Config {
     pub bounce_template: Option<crate::protocol::dsn::BounceTemplate>,
     /// `actors.ini`: mailbox capacities and actor concurrency.
     pub actors: ActorsConfig,
+    /// `tls.ini`, when the `tls` plugin is listed (inbound TLS on).
+    pub tls: Option<TlsIni>,
 }
 
 impl Config {
@@ -95,7 +101,7 @@ impl Config {
             .into_iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
-        let plugins = read_list(dir, "plugins")?
+        let plugins: Vec<String> = read_list(dir, "plugins")?
             .into_iter()
             .map(|p| p.strip_prefix("haraka-plugin-").map(String::from).unwrap_or(p))
             .collect();
@@ -122,11 +128,16 @@ impl Config {
         };
         let no_fsync = conn_ini.bool("main", "no_fsync", false)?;
         let mut outbound = OutboundConfig::load(&IniFile::load(dir, "outbound.ini")?)?;
-        outbound.no_tls_hosts = IniFile::load(dir, "tls.ini")?
+        outbound.no_tls_hosts = tls::read_ini(dir)?
+            .0
             .list("outbound", "no_tls_hosts")
             .into_iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
+        let tls = match plugins.iter().any(|p: &String| p == "tls") {
+            true => Some(TlsIni::load(dir)?),
+            false => None,
+        };
         let bounce_template = match std::fs::read_to_string(dir.join("outbound.bounce_message")) {
             Ok(t) => Some(
                 crate::protocol::dsn::BounceTemplate::parse(&t)
@@ -148,6 +159,7 @@ impl Config {
             outbound,
             bounce_template,
             actors: ActorsConfig::load(&IniFile::load(dir, "actors.ini")?)?,
+            tls,
         })
     }
 
@@ -155,6 +167,13 @@ impl Config {
     pub fn session_config(&self, hooks: HookSet) -> SessionConfig {
         let mut s = self.session.clone();
         s.hooks = hooks;
+        if let Some(t) = &self.tls {
+            s.starttls = StartTlsPolicy {
+                enabled: true,
+                no_tls_hosts: t.no_tls_hosts.clone(),
+                no_starttls_ports: t.no_starttls_ports.clone(),
+            };
+        }
         s
     }
 
@@ -209,6 +228,8 @@ fn load_smtp(f: &IniFile) -> Result<SmtpIni, ConfigError> {
         nodes,
         inactivity_timeout: Duration::from_secs(inactivity),
         force_shutdown_timeout: Duration::from_secs(f.u64("main", "force_shutdown_timeout", 30)?),
+        smtps_port: u16::try_from(f.u64("main", "smtps_port", 465)?)
+            .map_err(|_| f.invalid("main", "smtps_port", "not a port number"))?,
     })
 }
 
@@ -271,6 +292,7 @@ fn load_session(f: &IniFile, me: &str) -> Result<SessionConfig, ConfigError> {
         max_received: f.u64("headers", "max_received", d.max_received as u64)? as usize,
         add_received: f.bool("headers", "add_received", d.add_received)?,
         bare_eol,
+        starttls: StartTlsPolicy::default(),
         hooks: HookSet::all(),
         auth: AuthSettings::default(),
     })

@@ -60,6 +60,20 @@ impl Remote {
     }
 }
 
+/// What the TLS handshake settled, for logs, the Received header and plugins (Haraka's
+/// `connection.tls` / `results.tls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: String,
+    /// The IANA cipher suite name, e.g. `TLS_AES_256_GCM_SHA384`.
+    pub cipher: String,
+    /// The server name the client asked for (SNI), if any.
+    pub sni: Option<String>,
+    /// The client presented a certificate that verified against `tls.ini ca`.
+    pub verified_client: bool,
+}
+
 /// Per-connection state (Haraka's `connection`).
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -75,6 +89,8 @@ pub struct Connection {
     /// The client pipelined commands correctly (RFC 2920).
     pub pipelining: bool,
     pub tls: bool,
+    /// Set when `tls` is: protocol, cipher and SNI of the session.
+    pub tls_info: Option<TlsInfo>,
     pub notes: Notes,
     /// Extra EHLO keywords pushed by `capabilities` plugins.
     pub capabilities: Vec<String>,
@@ -103,6 +119,7 @@ impl Connection {
             early_talker: false,
             pipelining: false,
             tls: false,
+            tls_info: None,
             notes: Notes::new(),
             capabilities: Vec::new(),
             errors: 0,

@@ -12,6 +12,7 @@ pub mod queue;
 #[path = "rcpt_to.in_host_list.rs"]
 pub mod rcpt_to_in_host_list;
 pub mod relay;
+pub mod tls;
 
 use crate::hooks::PluginRegistry;
 
@@ -31,4 +32,5 @@ pub fn register_builtins(r: &mut PluginRegistry) {
     r.register("deliver/maildir", deliver::maildir::Maildir::build);
     r.register("auth/flat_file", auth::flat_file::FlatFile::build);
     r.register("auth/auth_proxy", auth::auth_proxy::AuthProxy::build);
+    r.register("tls", tls::Tls::build);
 }

@@ -28,6 +28,8 @@ pub enum Command<'a> {
     Help,
     /// `AUTH mechanism [initial-response]` (RFC 4954), argument text as sent.
     Auth(&'a str),
+    /// `STARTTLS` (RFC 3207) with whatever followed it (must be nothing).
+    StartTls(&'a str),
     /// Anything else; goes to the `unrecognized_command` hook with verb and arguments.
     Unknown {
         verb: &'a str,
@@ -51,6 +53,7 @@ impl Command<'_> {
             Command::Vrfy(_) => "VRFY",
             Command::Help => "HELP",
             Command::Auth(_) => "AUTH",
+            Command::StartTls(_) => "STARTTLS",
             Command::Unknown { .. } => "UNKNOWN",
         }
     }
@@ -134,6 +137,8 @@ pub fn parse_command(line: &str) -> Command<'_> {
         Command::Help
     } else if is("AUTH") {
         Command::Auth(args)
+    } else if is("STARTTLS") {
+        Command::StartTls(args)
     } else {
         Command::Unknown { verb, args }
     }

@@ -9,6 +9,8 @@
 //! - [`Action::Discard`]: drop the spooled body of an aborted message.
 //! - [`Action::Pause`]: wait this long before going on (the AUTH failure delay).
 //! - [`Action::NeedInput`]: write out [`Session::take_output`] and read more bytes.
+//! - [`Action::StartTls`]: write out the output, run the TLS handshake, then call
+//!   [`Session::tls_started`] (or [`Session::peer_closed`] when it failed).
 //! - [`Action::Close`]: write out the output and close the connection.
 //!
 //! Replies accumulate in an output buffer; the driver writes them before it waits for input,
@@ -26,7 +28,7 @@ use super::reply::Reply;
 use super::sasl::{self, AuthSettings, Exchange, Mechanism, SaslError, Step as SaslStep};
 use crate::hooks::hook::{Hook, HookSet};
 use crate::hooks::outcome::{HookResult, Outcome};
-use crate::hooks::state::{Connection, Hello, HelloVerb, Recipient, Transaction};
+use crate::hooks::state::{Connection, Hello, HelloVerb, Recipient, TlsInfo, Transaction};
 
 /// What to do with a bare LF or bare CR in message data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,28 @@ pub enum BareEol {
     Normalize,
     /// Refuse the message with `550 5.6.0` at its end.
     Reject,
+}
+
+/// When STARTTLS is offered (the `tls` plugin and `tls.ini`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartTlsPolicy {
+    /// The `tls` plugin is listed and its certificate loaded.
+    pub enabled: bool,
+    /// `[no_tls_hosts]`: clients (addresses or networks) never offered STARTTLS.
+    pub no_tls_hosts: Vec<ipnet::IpNet>,
+    /// `[main] no_starttls_ports[]`: local ports where STARTTLS is not offered.
+    pub no_starttls_ports: Vec<u16>,
+}
+
+impl StartTlsPolicy {
+    /// True when this connection may use STARTTLS (it is not TLS yet).
+    pub fn offers(&self, conn: &Connection) -> bool {
+        let ip = conn.remote.ip.to_canonical();
+        self.enabled
+            && !conn.tls
+            && !self.no_starttls_ports.contains(&conn.local.port())
+            && !self.no_tls_hosts.iter().any(|n| n.contains(&ip))
+    }
 }
 
 /// Everything the session needs from configuration. Built once from the config directory.
@@ -57,6 +81,7 @@ pub struct SessionConfig {
     pub max_received: usize,
     pub add_received: bool,
     pub bare_eol: BareEol,
+    pub starttls: StartTlsPolicy,
     /// Hooks that have plugins; the others are skipped (they would answer CONT).
     pub hooks: HookSet,
     /// SMTP AUTH: mechanisms, when it is offered, brute-force limits, submission ports.
@@ -83,6 +108,7 @@ impl SessionConfig {
             max_received: 100,
             add_received: true,
             bare_eol: BareEol::Normalize,
+            starttls: StartTlsPolicy::default(),
             hooks: HookSet::all(),
             auth: AuthSettings::default(),
         }
@@ -97,6 +123,12 @@ pub enum Action {
     Commit,
     Discard,
     NeedInput,
+    /// `220 Go ahead` is in the output: write it, then run the TLS handshake. `discarded`
+    /// bytes that the client had pipelined after STARTTLS were thrown away (RFC 3207 4.2;
+    /// accepting them is the CVE-2011-0411 command injection).
+    StartTls {
+        discarded: usize,
+    },
     Close,
     /// Sleep this long, then ask again (replies already queued go out after the pause).
     Pause(std::time::Duration),
@@ -162,6 +194,10 @@ enum Phase {
     },
     /// Waiting for the end of a message (hooks, commit); input is left buffered.
     EndOfData,
+    /// `220 Go ahead` sent: nothing is read until the driver reports the handshake.
+    TlsHandshake {
+        discarded: usize,
+    },
     /// Connect was refused: every command gets this reply except QUIT (Haraka's LOOP state).
     Loop(Reply),
     /// In an AUTH exchange: the next line is a SASL response, not a command.
@@ -223,7 +259,7 @@ impl Session {
 
     /// Bytes from the client.
     pub fn receive(&mut self, bytes: &[u8]) {
-        if matches!(self.phase, Phase::Closing) {
+        if matches!(self.phase, Phase::Closing | Phase::TlsHandshake { .. }) {
             return;
         }
         self.inbuf.extend_from_slice(bytes);
@@ -292,6 +328,21 @@ impl Session {
         self.close();
     }
 
+    /// The TLS handshake succeeded (after [`Action::StartTls`], or before the banner on an
+    /// implicit-TLS port). RFC 3207 4.2: the server forgets everything the client told it
+    /// before TLS, so the client starts again with EHLO.
+    pub fn tls_started(&mut self, info: TlsInfo) {
+        self.conn.tls = true;
+        self.conn.tls_info = Some(info);
+        self.conn.hello = None;
+        self.conn.capabilities.clear();
+        self.inbuf.clear();
+        self.reset_txn();
+        if matches!(self.phase, Phase::TlsHandshake { .. }) {
+            self.phase = Phase::Command;
+        }
+    }
+
     /// The client was idle for too long.
     pub fn timed_out(&mut self) {
         let text = format!("{} timeout, closing connection", self.cfg.me);
@@ -346,6 +397,7 @@ impl Session {
             Phase::BdatSkip { .. } => self.bdat_skip_phase(),
             Phase::EndOfData => Some(Action::NeedInput),
             Phase::Auth(_) => self.auth_phase(),
+            Phase::TlsHandshake { discarded } => Some(Action::StartTls { discarded: *discarded }),
             Phase::Closing => Some(Action::Close),
         }
     }
@@ -528,15 +580,45 @@ impl Session {
                 "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
             )),
             Command::Auth(a) => self.cmd_auth(a),
-            Command::Unknown { verb, args } => {
-                self.conn.unrecognized_commands += 1;
-                let h = Hook::UnrecognizedCommand {
-                    verb: verb.to_string(),
-                    args: args.to_string(),
-                };
-                self.hook(h, Then::Unrecognized);
-            }
+            Command::StartTls(a) => self.cmd_starttls(a),
+            Command::Unknown { verb, args } => self.unrecognized(verb, args),
         }
+    }
+
+    fn unrecognized(&mut self, verb: &str, args: &str) {
+        self.conn.unrecognized_commands += 1;
+        let h = Hook::UnrecognizedCommand {
+            verb: verb.to_string(),
+            args: args.to_string(),
+        };
+        self.hook(h, Then::Unrecognized);
+    }
+
+    /// RFC 3207. Not offered (no `tls` plugin, `no_tls_hosts`, `no_starttls_ports`): an
+    /// unknown command, as in Haraka. Inside a transaction it is refused, so a message never
+    /// mixes an envelope given in clear with one given under TLS.
+    fn cmd_starttls(&mut self, args: &str) {
+        if self.conn.tls {
+            return self.error(Reply::ext(503, (5, 5, 1), "Already using TLS"));
+        }
+        if !self.cfg.starttls.offers(&self.conn) {
+            return self.unrecognized("STARTTLS", args);
+        }
+        if !args.is_empty() {
+            return self.error(Reply::ext(501, (5, 5, 4), "Syntax error (no parameters allowed)"));
+        }
+        // Credentials already went in clear; a TLS layer now would not protect them, and the
+        // reset RFC 3207 asks for would have to drop the authentication too.
+        if self.conn.auth_user.is_some() {
+            return self.error(Reply::ext(503, (5, 5, 1), "STARTTLS not allowed after AUTH"));
+        }
+        if self.txn.is_some() {
+            return self.error(Reply::ext(503, (5, 5, 1), "STARTTLS not allowed inside a transaction"));
+        }
+        self.reply(Reply::ext(220, (2, 0, 0), "Go ahead"));
+        let discarded = self.inbuf.len();
+        self.inbuf.clear();
+        self.phase = Phase::TlsHandshake { discarded };
     }
 
     fn no_args(&mut self, args: &str, f: fn(&mut Session)) {
@@ -811,7 +893,12 @@ impl Session {
             (true, false) => "ESMTP",
             _ => "SMTP",
         };
-        let proto = format!("{proto}{}", if self.conn.tls { "S" } else { "" });
+        // RFC 3848: ESMTPS for TLS sessions; the protocol and cipher go in a comment.
+        let proto = match (&self.conn.tls_info, self.conn.tls) {
+            (Some(t), _) => format!("{proto}S ({} {})", t.version, t.cipher),
+            (None, true) => format!("{proto}S"),
+            (None, false) => proto.to_string(),
+        };
         format!(
             "Received: from {helo} ({})\r\n\tby {} (posta/{}) with {proto} id {}\r\n\tenvelope-from {};\r\n\t{}\r\n",
             self.conn.remote.display(),
@@ -999,6 +1086,9 @@ impl Session {
         }
         lines.push(format!("SIZE {}", self.cfg.max_bytes));
         lines.extend(["ENHANCEDSTATUSCODES", "CHUNKING", "BINARYMIME", "DSN"].map(String::from));
+        if self.cfg.starttls.offers(&self.conn) {
+            lines.push("STARTTLS".into());
+        }
         lines.extend(self.auth_capability());
         lines.extend(self.conn.capabilities.iter().cloned());
         self.reply(Reply::multi(250, lines));
@@ -1462,6 +1552,7 @@ mod tests {
                     s.receive(input);
                 }
                 Action::NeedInput => s.peer_closed(),
+                Action::StartTls { .. } => s.peer_closed(),
                 Action::Close => {
                     run.closed = true;
                     break;
@@ -1470,6 +1561,134 @@ mod tests {
         }
         run.out = String::from_utf8_lossy(&s.take_output()).into_owned();
         run
+    }
+
+    fn tls_cfg() -> SessionConfig {
+        let mut cfg = SessionConfig::defaults("mx.test");
+        cfg.starttls.enabled = true;
+        cfg
+    }
+
+    /// What a STARTTLS conversation produced: replies before and after the handshake.
+    struct TlsRun {
+        before: String,
+        after: String,
+        discarded: Option<usize>,
+        body: Vec<u8>,
+    }
+
+    /// Feed `plain` until STARTTLS, pretend the handshake worked, then feed `secure`.
+    fn run_tls(cfg: SessionConfig, plain: &[u8], secure: &[u8]) -> TlsRun {
+        let mut s = session(cfg);
+        let mut inputs = vec![plain, secure].into_iter();
+        let mut r = TlsRun {
+            before: String::new(),
+            after: String::new(),
+            discarded: None,
+            body: Vec::new(),
+        };
+        for _ in 0..10_000 {
+            match s.next_action() {
+                Action::Hook(h) => s.hook_done(match h {
+                    Hook::Rcpt(_) => HookResult::new(Outcome::Ok),
+                    _ => HookResult::CONT,
+                }),
+                Action::Body(b) => r.body.extend_from_slice(&b),
+                Action::Commit => s.commit_done(Ok("q".into())),
+                Action::Discard => r.body.clear(),
+                Action::Pause(_) => {}
+                Action::StartTls { discarded } => {
+                    r.discarded = Some(discarded);
+                    r.before = String::from_utf8_lossy(&s.take_output()).into_owned();
+                    let info = TlsInfo {
+                        version: "TLSv1.3".into(),
+                        cipher: "TLS_AES_128_GCM_SHA256".into(),
+                        ..TlsInfo::default()
+                    };
+                    s.tls_started(info);
+                    // Only what the client sends after the handshake counts from here on.
+                    inputs = vec![secure].into_iter();
+                }
+                Action::NeedInput => match inputs.next() {
+                    Some(i) => s.receive(i),
+                    None => s.peer_closed(),
+                },
+                Action::Close => break,
+            }
+        }
+        let out = String::from_utf8_lossy(&s.take_output()).into_owned();
+        if r.discarded.is_some() {
+            r.after = out;
+        } else {
+            r.before = out;
+        }
+        r
+    }
+
+    #[test]
+    fn starttls_advertised_only_when_offered() {
+        let r = run_tls(tls_cfg(), b"EHLO c\r\n", b"");
+        assert!(r.before.contains("250-DSN\r\n250 STARTTLS\r\n"), "{}", r.before);
+        let r = run_tls(SessionConfig::defaults("mx.test"), b"EHLO c\r\nSTARTTLS\r\n", b"");
+        assert!(!r.before.contains("STARTTLS"));
+        assert_eq!(codes(&r.before), vec![220, 250, 500]);
+        let mut by_port = tls_cfg();
+        by_port.starttls.no_starttls_ports = vec![25];
+        let mut by_host = tls_cfg();
+        by_host.starttls.no_tls_hosts = vec!["192.0.2.0/24".parse().unwrap()];
+        for cfg in [by_port, by_host] {
+            let r = run_tls(cfg, b"EHLO c\r\nSTARTTLS\r\n", b"");
+            assert!(!r.before.contains("STARTTLS\r\n"), "{}", r.before);
+            assert_eq!(codes(&r.before), vec![220, 250, 500]);
+        }
+    }
+
+    #[test]
+    fn starttls_discards_pipelined_input_and_resets() {
+        let r = run_tls(
+            tls_cfg(),
+            b"EHLO c\r\nSTARTTLS\r\nRSET\r\nMAIL FROM:<evil@x>\r\n",
+            b"MAIL FROM:<a@b.test>\r\nEHLO c\r\n",
+        );
+        assert_eq!(codes(&r.before), vec![220, 250, 220]);
+        assert!(r.before.ends_with("220 2.0.0 Go ahead\r\n"));
+        assert_eq!(r.discarded, Some(b"RSET\r\nMAIL FROM:<evil@x>\r\n".len()));
+        // EHLO is forgotten: MAIL needs a new EHLO, and STARTTLS is no longer offered.
+        assert_eq!(codes(&r.after), vec![503, 250]);
+        assert!(!r.after.contains("STARTTLS"), "{}", r.after);
+    }
+
+    #[test]
+    fn starttls_refusals() {
+        let r = run_tls(
+            tls_cfg(),
+            b"EHLO c\r\nSTARTTLS now\r\nSTARTTLS\r\n",
+            b"EHLO c\r\nSTARTTLS\r\n",
+        );
+        assert_eq!(codes(&r.before), vec![220, 250, 501, 220]);
+        assert_eq!(codes(&r.after), vec![250, 503]);
+        assert!(r.after.contains("503 5.5.1 Already using TLS"));
+        let r = run_tls(
+            tls_cfg(),
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nSTARTTLS\r\nRSET\r\nSTARTTLS\r\n",
+            b"",
+        );
+        assert_eq!(codes(&r.before), vec![220, 250, 250, 503, 250, 220]);
+    }
+
+    #[test]
+    fn received_header_says_esmtps() {
+        let r = run_tls(
+            tls_cfg(),
+            b"EHLO c\r\nSTARTTLS\r\n",
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@mx.test>\r\nDATA\r\nhi\r\n.\r\n",
+        );
+        assert_eq!(codes(&r.after), vec![250, 250, 250, 354, 250]);
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(
+            body.contains("with ESMTPS (TLSv1.3 TLS_AES_128_GCM_SHA256) id "),
+            "{body}"
+        );
     }
 
     fn run(input: &[u8]) -> Run {

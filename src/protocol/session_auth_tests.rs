@@ -38,6 +38,7 @@ fn run_from(cfg: SessionConfig, peer: &str, port: u16, input: &[u8]) -> Run {
             Action::Hook(Hook::Rcpt(_)) => s.hook_done(HookResult::new(Outcome::Ok)),
             Action::Hook(_) => s.hook_done(HookResult::CONT),
             Action::Pause(d) => pauses.push(d),
+            Action::StartTls { .. } => s.peer_closed(),
             Action::NeedInput if !fed => {
                 fed = true;
                 s.receive(input);
