@@ -59,6 +59,8 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
         inactivity: cfg.smtp.inactivity_timeout,
         queue: std::sync::OnceLock::new(),
         shutdown: tokio::sync::watch::channel(false).0,
+        limits: crate::limits::ConnLimits::new(cfg.limits.clone()),
+        deadlines: cfg.deadlines.clone(),
     });
     let nodes = cfg.smtp.nodes.max(1);
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..nodes).map(|_| Vec::new()).collect();
@@ -436,6 +438,9 @@ impl Reloader {
         }
         if old.smtp.inactivity_timeout != new.smtp.inactivity_timeout {
             v.push("smtp.ini [main] inactivity_timeout");
+        }
+        if old.limits != new.limits || old.deadlines != new.deadlines {
+            v.push("connection.ini [max] connections, connections_per_ip, connection_rate and [deadline]");
         }
         if old.queue_dir != new.queue_dir {
             v.push("queue_dir");

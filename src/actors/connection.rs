@@ -17,7 +17,9 @@ use tokio::net::TcpStream;
 
 use super::transaction::{Chunk, Commit, TransactionActor};
 use crate::hooks::{Connection, HookContext, PluginChain};
+use crate::limits::ConnSlot;
 use crate::metrics::{count_replies, inc, metrics};
+use crate::protocol::deadline::{DeadlineConfig, Deadlines};
 use crate::protocol::session::{Action, CommitError, Session, SessionConfig};
 use crate::protocol::Reply;
 use crate::queue::spool::{CommitRequest, Spool};
@@ -38,6 +40,10 @@ pub struct Shared {
     pub queue: std::sync::OnceLock<Addr<super::queue_manager::QueueManager>>,
     /// Set to true when the daemon shuts down gracefully.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Connection limits, checked by the listener (`connection.ini [max] connections*`).
+    pub limits: Arc<crate::limits::ConnLimits>,
+    /// Slow-client deadlines (`connection.ini [deadline]`).
+    pub deadlines: DeadlineConfig,
 }
 
 impl Shared {
@@ -57,6 +63,9 @@ impl Shared {
 
 pub struct ConnectionActor {
     driver: Option<Driver>,
+    /// This connection's place under the connection limits, given back when the actor is
+    /// dropped (whatever ended it, a panic included).
+    _slot: Option<ConnSlot>,
 }
 
 impl ConnectionActor {
@@ -64,17 +73,26 @@ impl ConnectionActor {
         let conn = Connection::new(peer, local);
         let (chain, cfg) = shared.snapshot();
         let session = Session::new(cfg, conn);
+        let started = std::time::Instant::now();
         ConnectionActor {
             driver: Some(Driver {
                 stream,
                 session,
                 chain,
+                deadlines: Deadlines::new(shared.deadlines.clone(), started),
                 shared,
                 txn: None,
                 greeted: false,
-                started: std::time::Instant::now(),
+                started,
             }),
+            _slot: None,
         }
+    }
+
+    /// Hold `slot` for as long as this connection lives.
+    pub fn with_slot(mut self, slot: ConnSlot) -> Self {
+        self._slot = Some(slot);
+        self
     }
 }
 
@@ -121,6 +139,7 @@ struct Driver {
     txn: Option<Addr<TransactionActor>>,
     greeted: bool,
     started: std::time::Instant,
+    deadlines: Deadlines,
 }
 
 impl Driver {
@@ -254,11 +273,24 @@ impl Driver {
         if idle && *stop.borrow_and_update() {
             return self.session.shutting_down();
         }
+        // Wait for the inactivity timeout or the next slow-client deadline, whichever is first.
+        let now = std::time::Instant::now();
+        let idle_until = now + self.shared.inactivity;
+        let (until, deadline) = match self.deadlines.next(self.session.progress(), now) {
+            Some((t, d)) if t < idle_until => (t, Some(d)),
+            _ => (idle_until, None),
+        };
+        let until = tokio::time::Instant::from_std(until);
         tokio::select! {
-            r = tokio::time::timeout(self.shared.inactivity, self.stream.readable()) => match r {
-                Err(_) => self.session.timed_out(),
-                Ok(Err(_)) => self.session.peer_closed(),
-                Ok(Ok(())) => self.read_ready(),
+            r = tokio::time::timeout_at(until, self.stream.readable()) => match (r, deadline) {
+                (Err(_), Some(d)) => {
+                    metrics().limits.deadline(d);
+                    tracing::info!(deadline = d.label(), "slow client: deadline passed, closing");
+                    self.session.deadline_passed(d)
+                }
+                (Err(_), None) => self.session.timed_out(),
+                (Ok(Err(_)), _) => self.session.peer_closed(),
+                (Ok(Ok(())), _) => self.read_ready(),
             },
             // A graceful shutdown ends idle sessions; a message being received finishes first.
             _ = stop.changed(), if idle => self.session.shutting_down(),
@@ -284,7 +316,10 @@ impl Driver {
             let mut b = b.borrow_mut();
             match self.stream.try_read(&mut b) {
                 Ok(0) => self.session.peer_closed(),
-                Ok(n) => self.session.receive(&b[..n]),
+                Ok(n) => {
+                    self.deadlines.received(n);
+                    self.session.receive(&b[..n]);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => self.session.peer_closed(),
             }

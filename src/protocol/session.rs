@@ -172,6 +172,8 @@ pub struct Session {
     /// Body bytes were handed to the driver for the current message.
     spooled: bool,
     quit_seen: bool,
+    /// Command lines taken so far (the slow-client deadlines time each line).
+    lines: u64,
 }
 
 const PIPELINABLE: [&str; 6] = ["RSET", "MAIL", "SEND", "SOML", "SAML", "RCPT"];
@@ -190,6 +192,7 @@ impl Session {
             body: None,
             spooled: false,
             quit_seen: false,
+            lines: 0,
         }
     }
 
@@ -286,6 +289,24 @@ impl Session {
         let text = format!("{} timeout, closing connection", self.cfg.me);
         self.reply(Reply::ext(421, (4, 4, 2), text));
         self.close();
+    }
+
+    /// A slow-client deadline passed (`protocol::deadline`): `421 4.4.2` and close.
+    pub fn deadline_passed(&mut self, d: super::deadline::Deadline) {
+        let text = format!("{} {}, closing connection", self.cfg.me, d.text());
+        self.reply(Reply::ext(421, (4, 4, 2), text));
+        self.close();
+    }
+
+    /// What the slow-client deadlines need to know about this session now.
+    pub fn progress(&self) -> super::deadline::Progress {
+        let in_body = matches!(self.phase, Phase::Data | Phase::Bdat { .. } | Phase::BdatSkip { .. });
+        super::deadline::Progress {
+            // Between BDAT chunks the transaction's message is still arriving.
+            receiving_message: in_body || self.txn.as_ref().is_some_and(|t| t.chunking),
+            partial_line: matches!(self.phase, Phase::Command | Phase::Loop(_)) && !self.inbuf.is_empty(),
+            lines: self.lines,
+        }
     }
 
     /// The client closed its side or the socket failed.
@@ -423,6 +444,7 @@ impl Session {
         match memchr::memchr(b'\n', window) {
             Some(i) => {
                 let mut line = self.inbuf.split_to(i + 1);
+                self.lines += 1;
                 line.truncate(i);
                 if line.last() == Some(&b'\r') {
                     line.truncate(i - 1);
