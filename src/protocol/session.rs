@@ -1080,7 +1080,12 @@ impl Session {
             return;
         }
         let accepted = matches!(r.outcome, Outcome::Ok) || self.conn.relaying;
-        if accepted {
+        if accepted && !self.conn.relaying && rcpt.mailbox.has_routing() {
+            // Never accept routing tricks from a client that may not relay, even for a local
+            // domain: whoever delivers it next might honour them (docs/smtp.md, open relay).
+            let text = format!("Sender-specified routing is not allowed: {a}");
+            self.reply(Reply::ext(550, (5, 7, 1), text));
+        } else if accepted {
             self.hook(Hook::RcptOk(rcpt.clone()), Then::RcptOk(rcpt, r.msg));
         } else {
             self.reply(Reply::ext(550, (5, 7, 1), format!("I cannot deliver mail for {a}")));
@@ -1175,7 +1180,8 @@ impl Session {
             self.resume_commands();
             return;
         }
-        let hook = if self.conn.relaying {
+        let txn_relaying = self.txn.as_ref().is_some_and(|t| t.relaying);
+        let hook = if self.conn.relaying || txn_relaying {
             Hook::QueueOutbound
         } else {
             Hook::Queue
