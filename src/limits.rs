@@ -153,32 +153,36 @@ impl ConnLimits {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Admit a new connection from `ip`, or say why not. The address is the client's as far
-    /// as posta knows it: the peer address today, the PROXY/XCLIENT address once known.
+    /// Admit a new connection from `ip`, or say why not: the total, per-address and rate
+    /// limits. The address is the client's as far as posta knows it at accept.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refusal> {
         self.admit_at(ip, Instant::now())
     }
 
     /// [`admit`](Self::admit) at a given instant (tests).
     pub fn admit_at(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnSlot, Refusal> {
-        let ip = ip.to_canonical();
+        let mut slot = self.admit_total()?;
+        slot.attach_ip_at(ip, now)?;
+        Ok(slot)
+    }
+
+    /// Admit against the total limit only, for a connection whose client address is not known
+    /// yet (it comes from a PROXY header or XCLIENT): call [`ConnSlot::attach_ip`] once it is.
+    pub fn admit_total(self: &Arc<Self>) -> Result<ConnSlot, Refusal> {
         let total = self.total.fetch_add(1, Ordering::AcqRel);
         if self.cfg.total > 0 && total >= self.cfg.total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Total);
         }
-        let tracked = self.cfg.per_ip > 0 || self.cfg.rate.is_some();
-        if tracked {
-            if let Err(r) = self.admit_ip(ip, now) {
-                self.total.fetch_sub(1, Ordering::AcqRel);
-                return Err(r);
-            }
-            self.maybe_prune(now);
-        }
         Ok(ConnSlot {
             limits: self.clone(),
-            ip: tracked.then_some(ip),
+            ip: None,
         })
+    }
+
+    /// True when per-address state is kept (a per-address or rate limit is on).
+    fn tracks_ips(&self) -> bool {
+        self.cfg.per_ip > 0 || self.cfg.rate.is_some()
     }
 
     /// The per-address checks, under that address's map entry only.
@@ -207,9 +211,12 @@ impl ConnLimits {
 
     fn release(&self, ip: Option<IpAddr>) {
         self.total.fetch_sub(1, Ordering::AcqRel);
-        let Some(ip) = ip else {
-            return;
-        };
+        if let Some(ip) = ip {
+            self.release_ip(ip);
+        }
+    }
+
+    fn release_ip(&self, ip: IpAddr) {
         let rate = self.cfg.rate.is_some();
         // Without a rate window there is nothing to remember about an address with no session.
         self.per_ip.remove_if_mut(&ip, |_, e| {
@@ -242,6 +249,30 @@ impl ConnLimits {
 pub struct ConnSlot {
     limits: Arc<ConnLimits>,
     ip: Option<IpAddr>,
+}
+
+impl ConnSlot {
+    /// Count this connection under client address `ip` (per-address and rate limits): at
+    /// accept, or later when a PROXY header or XCLIENT names the real client. A slot already
+    /// counted under another address moves (its old place is given back first). On a refusal
+    /// the slot stays counted in the total only; the caller answers `421` and drops it.
+    pub fn attach_ip(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        self.attach_ip_at(ip, Instant::now())
+    }
+
+    fn attach_ip_at(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        if !self.limits.tracks_ips() {
+            return Ok(());
+        }
+        if let Some(old) = self.ip.take() {
+            self.limits.release_ip(old);
+        }
+        let ip = ip.to_canonical();
+        self.limits.admit_ip(ip, now)?;
+        self.limits.maybe_prune(now);
+        self.ip = Some(ip);
+        Ok(())
+    }
 }
 
 impl Drop for ConnSlot {
@@ -308,6 +339,23 @@ mod tests {
         assert!(l.admit_at(ip(3), t0).is_ok());
         assert!(l.admit_at(ip(2), t0 + Duration::from_secs(10)).is_ok());
         assert_eq!(l.live(), 0, "refusals give their place back");
+    }
+
+    #[test]
+    fn an_address_learnt_later_is_counted_then() {
+        let l = limits(0, 1, None);
+        let _lb_client = l.admit(ip(7)).unwrap();
+        // Behind a proxy: admitted on the total first, the real address attached later.
+        let mut a = l.admit_total().unwrap();
+        assert_eq!(l.tracked(), 1);
+        a.attach_ip(ip(8)).unwrap();
+        let mut b = l.admit_total().unwrap();
+        assert_eq!(b.attach_ip(ip(8)).unwrap_err(), Refusal::PerIp);
+        // XCLIENT moving a session to another address frees its old place.
+        a.attach_ip(ip(9)).unwrap();
+        b.attach_ip(ip(8)).unwrap();
+        drop((a, b));
+        assert_eq!(l.live(), 1);
     }
 
     #[test]

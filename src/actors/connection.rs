@@ -19,7 +19,7 @@ use super::transaction::{Chunk, Commit, TransactionActor};
 use crate::hooks::{Connection, HookContext, PluginChain};
 use crate::limits::ConnSlot;
 use crate::metrics::{count_replies, inc, metrics};
-use crate::protocol::deadline::{DeadlineConfig, Deadlines};
+use crate::protocol::deadline::{Deadline, DeadlineConfig, Deadlines};
 use crate::protocol::session::{Action, CommitError, Session, SessionConfig};
 use crate::protocol::Reply;
 use crate::queue::spool::{CommitRequest, Spool};
@@ -63,9 +63,6 @@ impl Shared {
 
 pub struct ConnectionActor {
     driver: Option<Driver>,
-    /// This connection's place under the connection limits, given back when the actor is
-    /// dropped (whatever ended it, a panic included).
-    _slot: Option<ConnSlot>,
 }
 
 impl ConnectionActor {
@@ -84,14 +81,16 @@ impl ConnectionActor {
                 txn: None,
                 greeted: false,
                 started,
+                slot: None,
             }),
-            _slot: None,
         }
     }
 
     /// Hold `slot` for as long as this connection lives.
     pub fn with_slot(mut self, slot: ConnSlot) -> Self {
-        self._slot = Some(slot);
+        if let Some(d) = &mut self.driver {
+            d.slot = Some(slot);
+        }
         self
     }
 }
@@ -140,6 +139,10 @@ struct Driver {
     greeted: bool,
     started: std::time::Instant,
     deadlines: Deadlines,
+    /// This connection's place under the connection limits, given back when the driver is
+    /// dropped: at the end of the session, or when a panic ends it. A PROXY/XCLIENT client
+    /// address is counted with `slot.attach_ip`.
+    slot: Option<ConnSlot>,
 }
 
 impl Driver {
@@ -273,21 +276,10 @@ impl Driver {
         if idle && *stop.borrow_and_update() {
             return self.session.shutting_down();
         }
-        // Wait for the inactivity timeout or the next slow-client deadline, whichever is first.
-        let now = std::time::Instant::now();
-        let idle_until = now + self.shared.inactivity;
-        let (until, deadline) = match self.deadlines.next(self.session.progress(), now) {
-            Some((t, d)) if t < idle_until => (t, Some(d)),
-            _ => (idle_until, None),
-        };
-        let until = tokio::time::Instant::from_std(until);
+        let (until, deadline) = self.wait_until();
         tokio::select! {
             r = tokio::time::timeout_at(until, self.stream.readable()) => match (r, deadline) {
-                (Err(_), Some(d)) => {
-                    metrics().limits.deadline(d);
-                    tracing::info!(deadline = d.label(), "slow client: deadline passed, closing");
-                    self.session.deadline_passed(d)
-                }
+                (Err(_), Some(d)) => self.deadline_passed(d),
                 (Err(_), None) => self.session.timed_out(),
                 (Ok(Err(_)), _) => self.session.peer_closed(),
                 (Ok(Ok(())), _) => self.read_ready(),
@@ -295,6 +287,24 @@ impl Driver {
             // A graceful shutdown ends idle sessions; a message being received finishes first.
             _ = stop.changed(), if idle => self.session.shutting_down(),
         }
+    }
+
+    /// How long to wait for input: the inactivity timeout, or the next slow-client deadline
+    /// when it comes first (then also which one).
+    fn wait_until(&mut self) -> (tokio::time::Instant, Option<Deadline>) {
+        let now = std::time::Instant::now();
+        let idle_until = now + self.shared.inactivity;
+        let (until, deadline) = match self.deadlines.next(self.session.progress(), now) {
+            Some((t, d)) if t < idle_until => (t, Some(d)),
+            _ => (idle_until, None),
+        };
+        (tokio::time::Instant::from_std(until), deadline)
+    }
+
+    fn deadline_passed(&mut self, d: Deadline) {
+        metrics().limits.deadline(d);
+        tracing::info!(deadline = d.label(), "slow client: deadline passed, closing");
+        self.session.deadline_passed(d);
     }
 
     /// Input already waiting before the banner went out: an early talker.
