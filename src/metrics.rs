@@ -558,7 +558,10 @@ mod tests {
                 assert!(typed.contains(family), "sample before its TYPE: {line}");
             }
         }
-        assert_eq!(typed.len(), 19);
+        // 19, plus the two connection-limit families.
+        assert_eq!(typed.len(), 21);
+        assert!(text.contains("posta_connections_refused_total{reason=\"per_ip\"} 0\n"));
+        assert!(text.contains("posta_session_deadlines_total{deadline=\"command\"} 0\n"));
         assert!(text.ends_with('\n'));
     }
 
