@@ -244,6 +244,16 @@ impl ConnLimits {
     }
 }
 
+/// The address a client is counted under: IPv4 as is (an IPv4-mapped IPv6 address as its
+/// IPv4 address), IPv6 by its /64, which is what one subscriber or host usually gets; counting
+/// each /128 would give a single host 2^64 separate budgets.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
 /// One admitted connection. Dropping it releases its place.
 #[derive(Debug)]
 pub struct ConnSlot {
@@ -267,7 +277,7 @@ impl ConnSlot {
         if let Some(old) = self.ip.take() {
             self.limits.release_ip(old);
         }
-        let ip = ip.to_canonical();
+        let ip = client_key(ip);
         self.limits.admit_ip(ip, now)?;
         self.limits.maybe_prune(now);
         self.ip = Some(ip);
@@ -326,6 +336,15 @@ mod tests {
         let _a = l.admit(ip(2)).unwrap();
         let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
         assert_eq!(l.admit(mapped).unwrap_err(), Refusal::PerIp);
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let l = limits(0, 1, None);
+        let _a = l.admit("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(l.admit(same_64).unwrap_err(), Refusal::PerIp);
+        assert!(l.admit("2001:db8:1:3::1".parse().unwrap()).is_ok());
     }
 
     #[test]

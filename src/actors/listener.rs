@@ -80,6 +80,8 @@ async fn accept_loop(socket: std::net::TcpListener, shared: Arc<Shared>) {
 /// socket has room for one line, and a client that cannot take it loses nothing.
 fn refuse(stream: tokio::net::TcpStream, r: Refusal) {
     metrics().limits.refused(r);
+    // debug: a flood must not become a flood of log lines (the metric counts them).
+    tracing::debug!(peer = ?stream.peer_addr().ok(), limit = r.label(), "connection refused by a limit");
     if stream.try_write(r.reply()).is_ok() {
         count_replies(metrics(), r.reply());
     }
