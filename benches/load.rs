@@ -389,6 +389,29 @@ fn set_listen(ini: &str, listen: &str) -> String {
     out
 }
 
+/// `connection.ini` with the per-address connection limit off: every load session comes from
+/// 127.0.0.1, and more than `[max] connections_per_ip` (default 50) of them are normal here.
+fn no_per_ip_limit(ini: &str) -> String {
+    let mut out = String::new();
+    let mut done = false;
+    for line in ini.lines() {
+        let t = line.trim_start();
+        if t.starts_with("connections_per_ip") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if t.eq_ignore_ascii_case("[max]") && !done {
+            out.push_str("connections_per_ip=0\n");
+            done = true;
+        }
+    }
+    if !done {
+        out.push_str("[max]\nconnections_per_ip=0\n");
+    }
+    out
+}
+
 fn spawn_daemon(o: &Opts) -> Result<Daemon, String> {
     if !o.bin.exists() {
         return Err(format!(
@@ -408,6 +431,8 @@ fn spawn_daemon(o: &Opts) -> Result<Daemon, String> {
     let ini = std::fs::read_to_string(cfg.join("smtp.ini")).unwrap_or_else(|_| "[main]\n".into());
     let write = |name: &str, text: &str| std::fs::write(cfg.join(name), text).map_err(|e| format!("{name}: {e}"));
     write("smtp.ini", &set_listen(&ini, &addr.to_string()))?;
+    let conn = std::fs::read_to_string(cfg.join("connection.ini")).unwrap_or_default();
+    write("connection.ini", &no_per_ip_limit(&conn))?;
     let queue = dir.path().join("queue");
     std::fs::create_dir_all(&queue).map_err(|e| e.to_string())?;
     write("queue_dir", &format!("{}\n", queue.display()))?;

@@ -10,6 +10,7 @@ pub mod actors;
 pub mod config;
 pub mod hooks;
 pub mod install;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod plugins;

@@ -155,6 +155,73 @@ pub struct Metrics {
     pub delivery_seconds: Histogram,
     /// Per remote MX (`host:port`), bounded to [`MAX_MX_LABELS`] entries plus `other`.
     pub remote_mxs: DashMap<String, MxCounters>,
+    /// Connections refused by the connection limits, and sessions ended by a deadline.
+    pub limits: LimitCounters,
+}
+
+/// Connection-limit refusals (`connection.ini [max]`) and slow-client deadline closes
+/// (`connection.ini [deadline]`), by reason.
+#[derive(Debug, Default)]
+pub struct LimitCounters {
+    pub refused_total: AtomicU64,
+    pub refused_per_ip: AtomicU64,
+    pub refused_rate: AtomicU64,
+    pub deadline_command: AtomicU64,
+    pub deadline_message: AtomicU64,
+    pub deadline_session: AtomicU64,
+}
+
+impl LimitCounters {
+    /// Count a refused connection.
+    pub fn refused(&self, r: crate::limits::Refusal) {
+        inc(match r {
+            crate::limits::Refusal::Total => &self.refused_total,
+            crate::limits::Refusal::PerIp => &self.refused_per_ip,
+            crate::limits::Refusal::Rate => &self.refused_rate,
+        });
+    }
+
+    /// Count a session closed by a deadline.
+    pub fn deadline(&self, d: crate::protocol::deadline::Deadline) {
+        use crate::protocol::deadline::Deadline;
+        inc(match d {
+            Deadline::Command => &self.deadline_command,
+            Deadline::Message => &self.deadline_message,
+            Deadline::Session => &self.deadline_session,
+        });
+    }
+
+    fn render(&self, out: &mut String) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let name = "posta_connections_refused_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Connections refused with 421 by a connection limit, by reason.",
+        );
+        for (reason, c) in [
+            ("total", &self.refused_total),
+            ("per_ip", &self.refused_per_ip),
+            ("rate", &self.refused_rate),
+        ] {
+            sample(out, name, Some(("reason", reason)), load(c));
+        }
+        let name = "posta_session_deadlines_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Sessions closed with 421 by a slow-client deadline, by deadline.",
+        );
+        for (deadline, c) in [
+            ("command", &self.deadline_command),
+            ("message", &self.deadline_message),
+            ("session", &self.deadline_session),
+        ] {
+            sample(out, name, Some(("deadline", deadline)), load(c));
+        }
+    }
 }
 
 static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
@@ -476,6 +543,7 @@ pub fn render_prometheus(m: &Metrics, queue: Option<QueueCounts>) -> String {
             sample(&mut out, name, Some(("mx", &escape(mx))), v[i]);
         }
     }
+    m.limits.render(&mut out);
     if let Some(q) = queue {
         header(
             &mut out,
@@ -602,7 +670,9 @@ mod tests {
                 assert!(typed.contains(family), "sample before its TYPE: {line}");
             }
         }
-        assert_eq!(typed.len(), 24);
+        assert_eq!(typed.len(), 26);
+        assert!(text.contains("posta_connections_refused_total{reason=\"per_ip\"} 0\n"));
+        assert!(text.contains("posta_session_deadlines_total{deadline=\"command\"} 0\n"));
         assert!(text.ends_with('\n'));
     }
 

@@ -63,6 +63,8 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
         shutdown: tokio::sync::watch::channel(false).0,
         reload: std::sync::OnceLock::new(),
         tls: std::sync::RwLock::new(tls),
+        limits: crate::limits::ConnLimits::new(cfg.limits.clone()),
+        deadlines: cfg.deadlines.clone(),
     });
     let nodes = cfg.smtp.nodes.max(1);
     let mut sockets: Vec<Vec<(std::net::TcpListener, bool)>> = (0..nodes).map(|_| Vec::new()).collect();
@@ -514,6 +516,9 @@ impl Reloader {
         }
         if old.smtp.inactivity_timeout != new.smtp.inactivity_timeout {
             v.push("smtp.ini [main] inactivity_timeout");
+        }
+        if old.limits != new.limits || old.deadlines != new.deadlines {
+            v.push("connection.ini [max] connections, connections_per_ip, connection_rate and [deadline]");
         }
         if old.queue_dir != new.queue_dir {
             v.push("queue_dir");

@@ -20,7 +20,9 @@ use super::txn_log::TxnLog;
 use crate::config::tls::InboundTls;
 use crate::hooks::state::TlsInfo;
 use crate::hooks::{Connection, HookContext, PluginChain};
+use crate::limits::ConnSlot;
 use crate::metrics::{count_replies, inc, metrics};
+use crate::protocol::deadline::{Deadline, DeadlineConfig, Deadlines};
 use crate::protocol::session::{Action, CommitError, Session, SessionConfig};
 use crate::protocol::Reply;
 use crate::queue::spool::{CommitRequest, Spool};
@@ -47,6 +49,10 @@ pub struct Shared {
     pub reload: std::sync::OnceLock<tokio::sync::mpsc::Sender<super::control::ReloadAsk>>,
     /// Inbound TLS (the `tls` plugin), swapped on reload: new sessions get renewed certificates.
     pub tls: std::sync::RwLock<Option<InboundTls>>,
+    /// Connection limits, checked by the listener (`connection.ini [max] connections*`).
+    pub limits: Arc<crate::limits::ConnLimits>,
+    /// Slow-client deadlines (`connection.ini [deadline]`).
+    pub deadlines: DeadlineConfig,
 }
 
 impl Shared {
@@ -91,20 +97,31 @@ impl ConnectionActor {
         let (chain, cfg) = shared.snapshot();
         let tls = shared.tls();
         let session = Session::new(cfg, conn);
+        let started = std::time::Instant::now();
         ConnectionActor {
             driver: Some(Driver {
                 stream: Stream::Plain(stream),
                 session,
                 chain,
+                deadlines: Deadlines::new(shared.deadlines.clone(), started),
                 shared,
                 tls,
                 implicit_tls,
                 txn: None,
                 greeted: false,
-                started: std::time::Instant::now(),
+                started,
                 txn_log: None,
+                slot: None,
             }),
         }
+    }
+
+    /// Hold `slot` for as long as this connection lives.
+    pub fn with_slot(mut self, slot: ConnSlot) -> Self {
+        if let Some(d) = &mut self.driver {
+            d.slot = Some(slot);
+        }
+        self
     }
 }
 
@@ -198,6 +215,11 @@ struct Driver {
     started: std::time::Instant,
     /// The transaction being followed for its log line.
     txn_log: Option<super::txn_log::TxnLog>,
+    deadlines: Deadlines,
+    /// This connection's place under the connection limits, given back when the driver is
+    /// dropped: at the end of the session, or when a panic ends it. A PROXY/XCLIENT client
+    /// address is counted with `slot.attach_ip`.
+    slot: Option<ConnSlot>,
 }
 
 impl Driver {
@@ -395,12 +417,14 @@ impl Driver {
         if idle && *stop.borrow_and_update() {
             return self.session.shutting_down();
         }
+        let (until, deadline) = self.wait_until();
         tokio::select! {
-            r = tokio::time::timeout(self.shared.inactivity, self.stream.ready()) => match r {
-                Err(_) => self.session.timed_out(),
-                Ok(Err(_)) | Ok(Ok(Some(0))) => self.session.peer_closed(),
-                Ok(Ok(None)) => self.read_ready(),
-                Ok(Ok(Some(n))) => self.tls_read(n),
+            r = tokio::time::timeout_at(until, self.stream.ready()) => match (r, deadline) {
+                (Err(_), Some(d)) => self.deadline_passed(d),
+                (Err(_), None) => self.session.timed_out(),
+                (Ok(Err(_)), _) | (Ok(Ok(Some(0))), _) => self.session.peer_closed(),
+                (Ok(Ok(None)), _) => self.read_ready(),
+                (Ok(Ok(Some(n))), _) => self.tls_read(n),
             },
             // A graceful shutdown ends idle sessions; a message being received finishes first.
             _ = stop.changed(), if idle => self.session.shutting_down(),
@@ -410,8 +434,27 @@ impl Driver {
     /// `n` bytes arrived in the TLS buffer.
     fn tls_read(&mut self, n: usize) {
         if let Stream::Tls(_, buf) = &self.stream {
+            self.deadlines.received(n);
             self.session.receive(&buf[..n.min(buf.len())]);
         }
+    }
+
+    /// How long to wait for input: the inactivity timeout, or the next slow-client deadline
+    /// when it comes first (then also which one).
+    fn wait_until(&mut self) -> (tokio::time::Instant, Option<Deadline>) {
+        let now = std::time::Instant::now();
+        let idle_until = now + self.shared.inactivity;
+        let (until, deadline) = match self.deadlines.next(self.session.progress(), now) {
+            Some((t, d)) if t < idle_until => (t, Some(d)),
+            _ => (idle_until, None),
+        };
+        (tokio::time::Instant::from_std(until), deadline)
+    }
+
+    fn deadline_passed(&mut self, d: Deadline) {
+        metrics().limits.deadline(d);
+        tracing::info!(deadline = d.label(), "slow client: deadline passed, closing");
+        self.session.deadline_passed(d);
     }
 
     /// Input already waiting before the banner went out: an early talker. (Plain only: on
@@ -440,7 +483,10 @@ impl Driver {
             let mut b = b.borrow_mut();
             match stream.try_read(&mut b) {
                 Ok(0) => self.session.peer_closed(),
-                Ok(n) => self.session.receive(&b[..n]),
+                Ok(n) => {
+                    self.deadlines.received(n);
+                    self.session.receive(&b[..n]);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => self.session.peer_closed(),
             }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::connection::{ConnectionActor, Shared};
+use crate::limits::Refusal;
+use crate::metrics::{count_replies, metrics};
 
 pub struct Listener {
     socket: Option<std::net::TcpListener>,
@@ -54,9 +56,19 @@ async fn accept_loop(socket: std::net::TcpListener, shared: Arc<Shared>, implici
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Limits first: a refused client costs one reply line, no session.
+                let slot = match shared.limits.admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(r) => {
+                        refuse(stream, r);
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().ok().or(local).unwrap_or(peer);
-                ConnectionActor::new(stream, peer, local, shared.clone(), implicit_tls).start();
+                ConnectionActor::new(stream, peer, local, shared.clone(), implicit_tls)
+                    .with_slot(slot)
+                    .start();
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -64,5 +76,19 @@ async fn accept_loop(socket: std::net::TcpListener, shared: Arc<Shared>, implici
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Over a connection limit: one `421 4.7.0` line and close. The write does not wait: a fresh
+/// socket has room for one line, and a client that cannot take it loses nothing.
+fn refuse(stream: tokio::net::TcpStream, r: Refusal) {
+    metrics().limits.refused(r);
+    // debug: a flood must not become a flood of log lines (the metric counts them).
+    tracing::debug!(peer = ?stream.peer_addr().ok(), limit = r.label(), "connection refused by a limit");
+    if stream.try_write(r.reply()).is_ok() {
+        count_replies(metrics(), r.reply());
+    }
+    if let Ok(s) = stream.into_std() {
+        let _ = s.shutdown(std::net::Shutdown::Write);
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod actors;
 pub mod ini;
+pub mod limits;
 pub mod outbound;
 pub mod tls;
 
@@ -76,6 +77,10 @@ pub struct Config {
     pub spool_after: usize,
     /// `connection.ini [main] no_fsync`: benchmarks only; logs a warning.
     pub no_fsync: bool,
+    /// `connection.ini [max] connections*`, `connection_rate`: connection limits.
+    pub limits: crate::limits::LimitsConfig,
+    /// `connection.ini [deadline]`: slow-client deadlines.
+    pub deadlines: crate::protocol::deadline::DeadlineConfig,
     /// `outbound.ini`.
     pub outbound: OutboundConfig,
     /// `outbound.bounce_message`: the human part of DSNs (built-in default when absent).
@@ -127,6 +132,8 @@ impl Config {
             spool_after as usize
         };
         let no_fsync = conn_ini.bool("main", "no_fsync", false)?;
+        let limits = limits::load_limits(&conn_ini)?;
+        let deadlines = limits::load_deadlines(&conn_ini)?;
         let mut outbound = OutboundConfig::load(&IniFile::load(dir, "outbound.ini")?)?;
         outbound.no_tls_hosts = tls::read_ini(dir)?
             .0
@@ -156,6 +163,8 @@ impl Config {
             session,
             spool_after,
             no_fsync,
+            limits,
+            deadlines,
             outbound,
             bounce_template,
             actors: ActorsConfig::load(&IniFile::load(dir, "actors.ini")?)?,

@@ -160,6 +160,11 @@ pub struct Transaction {
     pub chunking: bool,
     /// When MAIL was accepted (ms since the epoch).
     pub start_ms: u64,
+    /// Relaying for this transaction only (Haraka: `connection.relaying` set while a
+    /// transaction is open; the `relay` plugin's `accept` destination domains): the message goes
+    /// through `queue_outbound`. Unlike `Connection::relaying` it never makes the core accept a
+    /// recipient that no plugin accepted.
+    pub relaying: bool,
 }
 
 impl Transaction {
@@ -173,6 +178,7 @@ impl Transaction {
             data_bytes: 0,
             chunking: false,
             start_ms: now_ms(),
+            relaying: false,
         }
     }
 

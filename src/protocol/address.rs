@@ -39,6 +39,18 @@ impl Mailbox {
         self.domain.to_ascii_lowercase()
     }
 
+    /// True when the local part carries sender-specified routing: the `%` hack, a UUCP `!`
+    /// path, or an `@` inside a quoted local part (`"user@other.org"@here`). A next hop that
+    /// honours any of them would relay the message elsewhere (RFC 2505 2.6, RFC 5321 3.6.1).
+    /// Their compatibility forms (fullwidth and small `＠ ％ ！`) count too: Unicode
+    /// normalisation (NFKC) downstream turns them into the ASCII ones.
+    pub fn has_routing(&self) -> bool {
+        const ROUTING: [char; 9] = [
+            '%', '!', '@', '\u{FF05}', '\u{FF01}', '\u{FF20}', '\u{FE6A}', '\u{FE57}', '\u{FE6B}',
+        ];
+        self.local.contains(ROUTING)
+    }
+
     /// True when local part or domain holds non-ASCII characters (needs SMTPUTF8 downstream).
     pub fn is_utf8(&self) -> bool {
         !self.local.is_ascii() || !self.domain.is_ascii()

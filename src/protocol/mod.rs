@@ -3,6 +3,7 @@
 pub mod address;
 pub mod command;
 pub mod data;
+pub mod deadline;
 pub mod reply;
 pub mod sasl;
 pub mod session;

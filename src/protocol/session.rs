@@ -219,6 +219,8 @@ pub struct Session {
     /// Body bytes were handed to the driver for the current message.
     spooled: bool,
     quit_seen: bool,
+    /// Command lines taken so far (the slow-client deadlines time each line).
+    lines: u64,
 }
 
 const PIPELINABLE: [&str; 6] = ["RSET", "MAIL", "SEND", "SOML", "SAML", "RCPT"];
@@ -237,6 +239,7 @@ impl Session {
             body: None,
             spooled: false,
             quit_seen: false,
+            lines: 0,
         }
     }
 
@@ -348,6 +351,24 @@ impl Session {
         let text = format!("{} timeout, closing connection", self.cfg.me);
         self.reply(Reply::ext(421, (4, 4, 2), text));
         self.close();
+    }
+
+    /// A slow-client deadline passed (`protocol::deadline`): `421 4.4.2` and close.
+    pub fn deadline_passed(&mut self, d: super::deadline::Deadline) {
+        let text = format!("{} {}, closing connection", self.cfg.me, d.text());
+        self.reply(Reply::ext(421, (4, 4, 2), text));
+        self.close();
+    }
+
+    /// What the slow-client deadlines need to know about this session now.
+    pub fn progress(&self) -> super::deadline::Progress {
+        let in_body = matches!(self.phase, Phase::Data | Phase::Bdat { .. } | Phase::BdatSkip { .. });
+        super::deadline::Progress {
+            // Between BDAT chunks the transaction's message is still arriving.
+            receiving_message: in_body || self.txn.as_ref().is_some_and(|t| t.chunking),
+            partial_line: matches!(self.phase, Phase::Command | Phase::Loop(_)) && !self.inbuf.is_empty(),
+            lines: self.lines,
+        }
     }
 
     /// The client closed its side or the socket failed.
@@ -487,6 +508,7 @@ impl Session {
         match memchr::memchr(b'\n', window) {
             Some(i) => {
                 let mut line = self.inbuf.split_to(i + 1);
+                self.lines += 1;
                 line.truncate(i);
                 if line.last() == Some(&b'\r') {
                     line.truncate(i - 1);
@@ -1166,7 +1188,12 @@ impl Session {
             return;
         }
         let accepted = matches!(r.outcome, Outcome::Ok) || self.conn.relaying;
-        if accepted {
+        if accepted && !self.conn.relaying && rcpt.mailbox.has_routing() {
+            // Never accept routing tricks from a client that may not relay, even for a local
+            // domain: whoever delivers it next might honour them (docs/smtp.md, open relay).
+            let text = format!("Sender-specified routing is not allowed: {a}");
+            self.reply(Reply::ext(550, (5, 7, 1), text));
+        } else if accepted {
             self.hook(Hook::RcptOk(rcpt.clone()), Then::RcptOk(rcpt, r.msg));
         } else {
             self.reply(Reply::ext(550, (5, 7, 1), format!("I cannot deliver mail for {a}")));
@@ -1261,7 +1288,8 @@ impl Session {
             self.resume_commands();
             return;
         }
-        let hook = if self.conn.relaying {
+        let txn_relaying = self.txn.as_ref().is_some_and(|t| t.relaying);
+        let hook = if self.conn.relaying || txn_relaying {
             Hook::QueueOutbound
         } else {
             Hook::Queue

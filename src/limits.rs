@@ -1,0 +1,405 @@
+//! Connection limits: how many sessions at once in total, how many at once per client address,
+//! and how many new connections per client address in a period (`connection.ini [max]`, see
+//! `docs/config.md`).
+//!
+//! Checked by the listener right after `accept`, before a session exists, so a flood costs one
+//! `421` line and a closed socket. The state is shared by every worker thread: an atomic for
+//! the total and a `DashMap` keyed by IP for the per-address counts. A map entry is locked only
+//! for the few instructions of one check or one release, never across an `.await`.
+//!
+//! An admitted connection holds a [`ConnSlot`]; dropping it (normal end, error, or a panic
+//! unwinding through the connection's future) gives the slot back.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+/// The limits. `0` (or `None`) turns a limit off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// `[max] connections`: concurrent sessions in total.
+    pub total: usize,
+    /// `[max] connections_per_ip`: concurrent sessions per client address.
+    pub per_ip: usize,
+    /// `[max] connection_rate`: new connections per client address per period.
+    pub rate: Option<Rate>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            total: 0,
+            per_ip: 50,
+            rate: None,
+        }
+    }
+}
+
+/// `count` connections per `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub period: Duration,
+}
+
+impl Rate {
+    /// Parse `N/period`: `30/60` (seconds), `30/60s`, `100/5m`, `1000/1h`. `0` means off.
+    pub fn parse(s: &str) -> Result<Option<Rate>, String> {
+        let s = s.trim();
+        if s.is_empty() || s == "0" {
+            return Ok(None);
+        }
+        let bad = || format!("'{s}' is not a rate (expected N/period, e.g. 30/60s, 100/5m)");
+        let (n, p) = s.split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        let p = p.trim();
+        let (num, unit) = match p.find(|c: char| !c.is_ascii_digit()) {
+            Some(i) => (&p[..i], &p[i..]),
+            None => (p, "s"),
+        };
+        let num: u64 = num.parse().map_err(|_| bad())?;
+        let secs = match unit {
+            "s" => num,
+            "m" => num.saturating_mul(60),
+            "h" => num.saturating_mul(3600),
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Ok(None);
+        }
+        if secs == 0 {
+            return Err(format!("'{s}': the period must be at least one second"));
+        }
+        Ok(Some(Rate {
+            count,
+            period: Duration::from_secs(secs),
+        }))
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// `[max] connections` reached.
+    Total,
+    /// `[max] connections_per_ip` reached for this address.
+    PerIp,
+    /// `[max] connection_rate` exceeded for this address.
+    Rate,
+}
+
+impl Refusal {
+    /// The reply line written before closing (RFC 3463 X.7.0: other security or policy
+    /// status; 421 because the client may well try again later).
+    pub fn reply(self) -> &'static [u8] {
+        match self {
+            Refusal::Total => b"421 4.7.0 Too many connections, try again later\r\n",
+            Refusal::PerIp => b"421 4.7.0 Too many connections from your address, try again later\r\n",
+            Refusal::Rate => b"421 4.7.0 Connection rate limit exceeded for your address, try again later\r\n",
+        }
+    }
+
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Total => "total",
+            Refusal::PerIp => "per_ip",
+            Refusal::Rate => "rate",
+        }
+    }
+}
+
+/// What one client address has open and how many connections it made in the current window.
+#[derive(Debug)]
+struct PerIp {
+    live: usize,
+    window_start: Instant,
+    window_count: u32,
+}
+
+/// Entries kept before a pass drops those of addresses with nothing open and no live window.
+const PRUNE_AT: usize = 4096;
+
+/// The shared counters. One per daemon.
+#[derive(Debug)]
+pub struct ConnLimits {
+    cfg: LimitsConfig,
+    total: AtomicUsize,
+    per_ip: DashMap<IpAddr, PerIp>,
+    /// Map size that triggers the next prune (grows with the map so pruning stays rare).
+    prune_at: AtomicUsize,
+}
+
+impl ConnLimits {
+    pub fn new(cfg: LimitsConfig) -> Arc<Self> {
+        Arc::new(ConnLimits {
+            cfg,
+            total: AtomicUsize::new(0),
+            per_ip: DashMap::new(),
+            prune_at: AtomicUsize::new(PRUNE_AT),
+        })
+    }
+
+    pub fn config(&self) -> &LimitsConfig {
+        &self.cfg
+    }
+
+    /// Sessions open now.
+    pub fn live(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Admit a new connection from `ip`, or say why not: the total, per-address and rate
+    /// limits. The address is the client's as far as posta knows it at accept.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refusal> {
+        self.admit_at(ip, Instant::now())
+    }
+
+    /// [`admit`](Self::admit) at a given instant (tests).
+    pub fn admit_at(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnSlot, Refusal> {
+        let mut slot = self.admit_total()?;
+        slot.attach_ip_at(ip, now)?;
+        Ok(slot)
+    }
+
+    /// Admit against the total limit only, for a connection whose client address is not known
+    /// yet (it comes from a PROXY header or XCLIENT): call [`ConnSlot::attach_ip`] once it is.
+    pub fn admit_total(self: &Arc<Self>) -> Result<ConnSlot, Refusal> {
+        let total = self.total.fetch_add(1, Ordering::AcqRel);
+        if self.cfg.total > 0 && total >= self.cfg.total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Total);
+        }
+        Ok(ConnSlot {
+            limits: self.clone(),
+            ip: None,
+        })
+    }
+
+    /// True when per-address state is kept (a per-address or rate limit is on).
+    fn tracks_ips(&self) -> bool {
+        self.cfg.per_ip > 0 || self.cfg.rate.is_some()
+    }
+
+    /// The per-address checks, under that address's map entry only.
+    fn admit_ip(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        let mut e = self.per_ip.entry(ip).or_insert_with(|| PerIp {
+            live: 0,
+            window_start: now,
+            window_count: 0,
+        });
+        if self.cfg.per_ip > 0 && e.live >= self.cfg.per_ip {
+            return Err(Refusal::PerIp);
+        }
+        if let Some(rate) = self.cfg.rate {
+            if now.saturating_duration_since(e.window_start) >= rate.period {
+                e.window_start = now;
+                e.window_count = 0;
+            }
+            if e.window_count >= rate.count {
+                return Err(Refusal::Rate);
+            }
+            e.window_count += 1;
+        }
+        e.live += 1;
+        Ok(())
+    }
+
+    fn release(&self, ip: Option<IpAddr>) {
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = ip {
+            self.release_ip(ip);
+        }
+    }
+
+    fn release_ip(&self, ip: IpAddr) {
+        let rate = self.cfg.rate.is_some();
+        // Without a rate window there is nothing to remember about an address with no session.
+        self.per_ip.remove_if_mut(&ip, |_, e| {
+            e.live = e.live.saturating_sub(1);
+            e.live == 0 && !rate
+        });
+    }
+
+    /// Drop entries with no session and an expired window, when the map has grown.
+    fn maybe_prune(&self, now: Instant) {
+        let limit = self.prune_at.load(Ordering::Relaxed);
+        if self.per_ip.len() < limit {
+            return;
+        }
+        let period = self.cfg.rate.map(|r| r.period).unwrap_or_default();
+        self.per_ip
+            .retain(|_, e| e.live > 0 || now.saturating_duration_since(e.window_start) < period);
+        let next = (self.per_ip.len() * 2).max(PRUNE_AT);
+        self.prune_at.store(next, Ordering::Relaxed);
+    }
+
+    /// Addresses currently tracked (tests).
+    pub fn tracked(&self) -> usize {
+        self.per_ip.len()
+    }
+}
+
+/// The address a client is counted under: IPv4 as is (an IPv4-mapped IPv6 address as its
+/// IPv4 address), IPv6 by its /64, which is what one subscriber or host usually gets; counting
+/// each /128 would give a single host 2^64 separate budgets.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
+/// One admitted connection. Dropping it releases its place.
+#[derive(Debug)]
+pub struct ConnSlot {
+    limits: Arc<ConnLimits>,
+    ip: Option<IpAddr>,
+}
+
+impl ConnSlot {
+    /// Count this connection under client address `ip` (per-address and rate limits): at
+    /// accept, or later when a PROXY header or XCLIENT names the real client. A slot already
+    /// counted under another address moves (its old place is given back first). On a refusal
+    /// the slot stays counted in the total only; the caller answers `421` and drops it.
+    pub fn attach_ip(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        self.attach_ip_at(ip, Instant::now())
+    }
+
+    fn attach_ip_at(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        if !self.limits.tracks_ips() {
+            return Ok(());
+        }
+        if let Some(old) = self.ip.take() {
+            self.limits.release_ip(old);
+        }
+        let ip = client_key(ip);
+        self.limits.admit_ip(ip, now)?;
+        self.limits.maybe_prune(now);
+        self.ip = Some(ip);
+        Ok(())
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.limits.release(self.ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    fn limits(total: usize, per_ip: usize, rate: Option<Rate>) -> Arc<ConnLimits> {
+        ConnLimits::new(LimitsConfig { total, per_ip, rate })
+    }
+
+    #[test]
+    fn total_limit_and_release() {
+        let l = limits(2, 0, None);
+        let a = l.admit(ip(1)).unwrap();
+        let _b = l.admit(ip(2)).unwrap();
+        assert_eq!(l.admit(ip(3)).unwrap_err(), Refusal::Total);
+        drop(a);
+        assert!(l.admit(ip(3)).is_ok());
+        assert_eq!(
+            l.tracked(),
+            0,
+            "nothing tracked per address when only the total is limited"
+        );
+    }
+
+    #[test]
+    fn per_ip_limit_is_per_address() {
+        let l = limits(0, 2, None);
+        let s: Vec<_> = (0..2).map(|_| l.admit(ip(2)).unwrap()).collect();
+        assert_eq!(l.admit(ip(2)).unwrap_err(), Refusal::PerIp);
+        assert!(l.admit(ip(3)).is_ok(), "another address is not affected");
+        drop(s);
+        assert!(l.admit(ip(2)).is_ok());
+        assert_eq!(l.live(), 0);
+        assert_eq!(l.tracked(), 0, "entries go away with their last session");
+    }
+
+    #[test]
+    fn mapped_ipv4_counts_as_ipv4() {
+        let l = limits(0, 1, None);
+        let _a = l.admit(ip(2)).unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        assert_eq!(l.admit(mapped).unwrap_err(), Refusal::PerIp);
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let l = limits(0, 1, None);
+        let _a = l.admit("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(l.admit(same_64).unwrap_err(), Refusal::PerIp);
+        assert!(l.admit("2001:db8:1:3::1".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn rate_window() {
+        let rate = Rate::parse("2/10").unwrap();
+        let l = limits(0, 0, rate);
+        let t0 = Instant::now();
+        drop(l.admit_at(ip(2), t0).unwrap());
+        drop(l.admit_at(ip(2), t0).unwrap());
+        assert_eq!(l.admit_at(ip(2), t0).unwrap_err(), Refusal::Rate);
+        assert!(l.admit_at(ip(3), t0).is_ok());
+        assert!(l.admit_at(ip(2), t0 + Duration::from_secs(10)).is_ok());
+        assert_eq!(l.live(), 0, "refusals give their place back");
+    }
+
+    #[test]
+    fn an_address_learnt_later_is_counted_then() {
+        let l = limits(0, 1, None);
+        let _lb_client = l.admit(ip(7)).unwrap();
+        // Behind a proxy: admitted on the total first, the real address attached later.
+        let mut a = l.admit_total().unwrap();
+        assert_eq!(l.tracked(), 1);
+        a.attach_ip(ip(8)).unwrap();
+        let mut b = l.admit_total().unwrap();
+        assert_eq!(b.attach_ip(ip(8)).unwrap_err(), Refusal::PerIp);
+        // XCLIENT moving a session to another address frees its old place.
+        a.attach_ip(ip(9)).unwrap();
+        b.attach_ip(ip(8)).unwrap();
+        drop((a, b));
+        assert_eq!(l.live(), 1);
+    }
+
+    #[test]
+    fn rate_syntax() {
+        assert_eq!(Rate::parse("0").unwrap(), None);
+        assert_eq!(Rate::parse("").unwrap(), None);
+        let r = Rate::parse("100/5m").unwrap().unwrap();
+        assert_eq!((r.count, r.period), (100, Duration::from_secs(300)));
+        assert_eq!(Rate::parse("3/1h").unwrap().unwrap().period, Duration::from_secs(3600));
+        assert_eq!(Rate::parse("3/20s").unwrap().unwrap().period, Duration::from_secs(20));
+        for bad in ["3", "x/1", "3/0", "3/5d", "3/", "/5", "-1/5"] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prune_keeps_the_map_bounded() {
+        let rate = Rate::parse("5/1").unwrap();
+        let l = limits(0, 0, rate);
+        let t0 = Instant::now();
+        for i in 0..(PRUNE_AT as u32 - 1) {
+            drop(l.admit_at(IpAddr::from(i.to_be_bytes()), t0).unwrap());
+        }
+        let later = t0 + Duration::from_secs(2);
+        drop(l.admit_at(ip(9), later).unwrap());
+        assert!(l.tracked() < 10, "{} entries left", l.tracked());
+    }
+}
