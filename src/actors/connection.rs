@@ -84,11 +84,7 @@ impl Actor for ConnectionActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         inc(&metrics().connection.started);
         if let Some(driver) = self.driver.take() {
-            // Every log line of this connection carries its uuid (Haraka's connection uuid;
-            // transactions are `<uuid>.<n>`), so one grep finds a whole session.
-            let conn = driver.session.conn();
-            let span = tracing::info_span!("conn", uuid = %conn.uuid, ip = %conn.remote.ip);
-            let run = tracing::Instrument::instrument(driver.run(), span);
+            let run = driver.run();
             // Everything the session does runs inside this boundary: a panic anywhere in it
             // ends this connection only (the session's own panics are answered 421 inside).
             let fut = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run));
@@ -125,22 +121,50 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self) {
+        // A listed proxy's PROXY header comes first: it says who the client is.
+        if !super::proxy::accept(&mut self.stream, &mut self.session).await {
+            return;
+        }
+        // Every log line of this connection carries its uuid (Haraka's connection uuid;
+        // transactions are `<uuid>.<n>`), so one grep finds a whole session. XCLIENT gives the
+        // connection a new uuid and client: the span is made anew then.
         loop {
+            let conn = self.session.conn();
+            let span = tracing::info_span!("conn", uuid = %conn.uuid, ip = %conn.remote.ip);
+            if !tracing::Instrument::instrument(self.serve(), span).await {
+                return;
+            }
+        }
+    }
+
+    /// Run the session; true when it took a new identity (XCLIENT) and goes on.
+    async fn serve(&mut self) -> bool {
+        let uuid = self.session.conn().uuid.clone();
+        loop {
+            if self.session.conn().uuid != uuid {
+                return true;
+            }
             let action = match std::panic::catch_unwind(AssertUnwindSafe(|| self.session.next_action())) {
                 Ok(a) => a,
-                Err(_) => return self.internal_error("session").await,
+                Err(_) => {
+                    self.internal_error("session").await;
+                    return false;
+                }
             };
             match action {
                 Action::Hook(h) => {
                     if !self.hook(h).await {
-                        return;
+                        return false;
                     }
                 }
                 Action::Body(bytes) => self.body(bytes).await,
                 Action::Commit => self.commit().await,
                 Action::Discard => self.txn = None,
                 Action::NeedInput => self.input().await,
-                Action::Close => return self.close().await,
+                Action::Close => {
+                    self.close().await;
+                    return false;
+                }
             }
         }
     }
@@ -291,7 +315,7 @@ impl Driver {
         });
     }
 
-    async fn close(mut self) {
+    async fn close(&mut self) {
         self.txn = None;
         self.flush().await;
         let _ = self.stream.shutdown().await;

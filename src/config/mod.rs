@@ -14,7 +14,9 @@ pub use ini::IniFile;
 pub use outbound::OutboundConfig;
 
 use crate::hooks::HookSet;
+use crate::protocol::proxy::ProxyConfig;
 use crate::protocol::session::{BareEol, SessionConfig};
+use ipnet::IpNet;
 
 /// A configuration problem: which file, which key, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,7 +92,7 @@ impl Config {
             .into_iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
-        let plugins = read_list(dir, "plugins")?
+        let plugins: Vec<String> = read_list(dir, "plugins")?
             .into_iter()
             .map(|p| p.strip_prefix("haraka-plugin-").map(String::from).unwrap_or(p))
             .collect();
@@ -107,7 +109,8 @@ impl Config {
         };
         let smtp = load_smtp(&IniFile::load(dir, "smtp.ini")?)?;
         let conn_ini = IniFile::load(dir, "connection.ini")?;
-        let session = load_session(&conn_ini, &me)?;
+        let mut session = load_session(&conn_ini, &me)?;
+        session.xclient_hosts = load_xclient_hosts(dir, &plugins)?;
         let spool_after = conn_ini.i64("main", "spool_after", 262_144)?;
         let spool_after = if spool_after < 0 {
             usize::MAX
@@ -257,7 +260,53 @@ fn load_session(f: &IniFile, me: &str) -> Result<SessionConfig, ConfigError> {
         add_received: f.bool("headers", "add_received", d.add_received)?,
         bare_eol,
         hooks: HookSet::all(),
+        proxy: load_proxy(f)?,
+        xclient_hosts: None,
     })
+}
+
+/// `connection.ini [haproxy]`: `hosts[]` (addresses or CIDRs) and `timeout` (seconds).
+fn load_proxy(f: &IniFile) -> Result<ProxyConfig, ConfigError> {
+    let mut hosts = Vec::new();
+    for entry in f.list("haproxy", "hosts") {
+        // Haraka accepts comma-separated values inside one list entry too.
+        for h in entry.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            hosts.push(parse_net(h).ok_or_else(|| {
+                f.invalid("haproxy", "hosts[]", format!("'{h}' is not an address or CIDR"))
+            })?);
+        }
+    }
+    let timeout = f.u64("haproxy", "timeout", 30)?;
+    if timeout == 0 {
+        return Err(f.invalid("haproxy", "timeout", "must be at least 1 second"));
+    }
+    Ok(ProxyConfig {
+        hosts,
+        timeout: Duration::from_secs(timeout),
+    })
+}
+
+/// `xclient.hosts` (list): who may send XCLIENT, read only when the `xclient` plugin is listed.
+fn load_xclient_hosts(dir: &Path, plugins: &[String]) -> Result<Option<Vec<IpNet>>, ConfigError> {
+    if !plugins.iter().any(|p| p == "xclient") {
+        return Ok(None);
+    }
+    let mut hosts = Vec::new();
+    for h in read_list(dir, "xclient.hosts")? {
+        hosts.push(parse_net(&h).ok_or_else(|| {
+            ConfigError::new("xclient.hosts", None, format!("'{h}' is not an address or CIDR"))
+        })?);
+    }
+    Ok(Some(hosts))
+}
+
+/// `192.0.2.0/24`, `2001:db8::/64`, or a bare address: exactly that address (/32 or /128;
+/// Haraka widens a bare IPv6 proxy address to /64, posta does not).
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        .map(|n| n.trunc())
 }
 
 /// Lines of a list file, without comments and blank lines. Missing file: empty list.

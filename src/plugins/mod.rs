@@ -11,6 +11,7 @@ pub mod queue;
 #[path = "rcpt_to.in_host_list.rs"]
 pub mod rcpt_to_in_host_list;
 pub mod relay;
+pub mod xclient;
 
 use crate::hooks::PluginRegistry;
 
@@ -28,4 +29,5 @@ pub fn register_builtins(r: &mut PluginRegistry) {
     r.register("queue/smtp_forward", queue::smtp_forward::SmtpForward::build);
     r.register("queue/lmtp", queue::lmtp::Lmtp::build);
     r.register("deliver/maildir", deliver::maildir::Maildir::build);
+    r.register("xclient", xclient::Xclient::build);
 }

@@ -26,6 +26,10 @@ pub enum Command<'a> {
     Quit(&'a str),
     Vrfy(&'a str),
     Help,
+    /// A PROXY protocol v1 line inside the SMTP session (not from a listed proxy).
+    Proxy(&'a str),
+    /// Postfix XCLIENT (only when the `xclient` plugin is listed).
+    Xclient(&'a str),
     /// Anything else; goes to the `unrecognized_command` hook with verb and arguments.
     Unknown {
         verb: &'a str,
@@ -48,6 +52,8 @@ impl Command<'_> {
             Command::Quit(_) => "QUIT",
             Command::Vrfy(_) => "VRFY",
             Command::Help => "HELP",
+            Command::Proxy(_) => "PROXY",
+            Command::Xclient(_) => "XCLIENT",
             Command::Unknown { .. } => "UNKNOWN",
         }
     }
@@ -129,6 +135,10 @@ pub fn parse_command(line: &str) -> Command<'_> {
         Command::Vrfy(args)
     } else if is("HELP") {
         Command::Help
+    } else if is("PROXY") {
+        Command::Proxy(args)
+    } else if is("XCLIENT") {
+        Command::Xclient(args)
     } else {
         Command::Unknown { verb, args }
     }

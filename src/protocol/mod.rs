@@ -3,8 +3,10 @@
 pub mod address;
 pub mod command;
 pub mod data;
+pub mod proxy;
 pub mod reply;
 pub mod session;
+pub mod xclient;
 
 pub use reply::Reply;
 pub use session::{Action, BareEol, CommitError, Session, SessionConfig};

@@ -18,9 +18,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
+use ipnet::IpNet;
 
 use super::command::{self, check_line, parse_command, Command, ParseContext};
 use super::data::{BodyLimits, BodyReceiver, Mode};
+use super::proxy::ProxyConfig;
 use super::reply::Reply;
 use crate::hooks::hook::{Hook, HookSet};
 use crate::hooks::outcome::{HookResult, Outcome};
@@ -57,6 +59,12 @@ pub struct SessionConfig {
     pub bare_eol: BareEol,
     /// Hooks that have plugins; the others are skipped (they would answer CONT).
     pub hooks: HookSet,
+    /// `connection.ini [haproxy]`: PROXY protocol senders (read by the driver before the
+    /// session starts).
+    pub proxy: ProxyConfig,
+    /// `xclient.hosts` when the `xclient` plugin is listed; `None`: XCLIENT is an unknown
+    /// command.
+    pub xclient_hosts: Option<Vec<IpNet>>,
 }
 
 impl SessionConfig {
@@ -80,6 +88,8 @@ impl SessionConfig {
             add_received: true,
             bare_eol: BareEol::Normalize,
             hooks: HookSet::all(),
+            proxy: ProxyConfig::default(),
+            xclient_hosts: None,
         }
     }
 }
@@ -172,6 +182,8 @@ pub struct Session {
     /// Body bytes were handed to the driver for the current message.
     spooled: bool,
     quit_seen: bool,
+    /// The peer may use XCLIENT: decided once, for the client the session started with.
+    xclient_allowed: bool,
 }
 
 const PIPELINABLE: [&str; 6] = ["RSET", "MAIL", "SEND", "SOML", "SAML", "RCPT"];
@@ -190,6 +202,7 @@ impl Session {
             body: None,
             spooled: false,
             quit_seen: false,
+            xclient_allowed: false,
         }
     }
 
@@ -325,6 +338,7 @@ impl Session {
         match &mut self.phase {
             Phase::Start => {
                 self.phase = Phase::EndOfData;
+                self.xclient_allowed = self.xclient_peer_allowed();
                 self.hook(Hook::ConnectInit, Then::Ignore);
                 self.hook(Hook::LookupRdns, Then::LookupRdns);
                 None
@@ -442,6 +456,11 @@ impl Session {
             self.close();
             return None;
         }
+        if super::proxy::is_v2_signature(&self.inbuf) {
+            self.inbuf.clear();
+            self.cmd_proxy();
+            return None;
+        }
         let line = match self.take_line() {
             Ok(Some(line)) => line,
             Ok(None) => return Some(Action::NeedInput),
@@ -515,15 +534,19 @@ impl Session {
                 (2, 0, 0),
                 "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
             )),
-            Command::Unknown { verb, args } => {
-                self.conn.unrecognized_commands += 1;
-                let h = Hook::UnrecognizedCommand {
-                    verb: verb.to_string(),
-                    args: args.to_string(),
-                };
-                self.hook(h, Then::Unrecognized);
-            }
+            Command::Proxy(_) => self.cmd_proxy(),
+            Command::Xclient(args) => self.cmd_xclient(args),
+            Command::Unknown { verb, args } => self.unrecognized(verb, args),
         }
+    }
+
+    fn unrecognized(&mut self, verb: &str, args: &str) {
+        self.conn.unrecognized_commands += 1;
+        let h = Hook::UnrecognizedCommand {
+            verb: verb.to_string(),
+            args: args.to_string(),
+        };
+        self.hook(h, Then::Unrecognized);
     }
 
     fn no_args(&mut self, args: &str, f: fn(&mut Session)) {
@@ -982,6 +1005,9 @@ impl Session {
         }
         lines.push(format!("SIZE {}", self.cfg.max_bytes));
         lines.extend(["ENHANCEDSTATUSCODES", "CHUNKING", "BINARYMIME", "DSN"].map(String::from));
+        if self.xclient_allowed {
+            lines.push(super::xclient::CAPABILITY.into());
+        }
         lines.extend(self.conn.capabilities.iter().cloned());
         self.reply(Reply::multi(250, lines));
     }
@@ -1193,6 +1219,90 @@ impl Session {
             self.phase = Phase::Command;
         }
     }
+
+    // ----- PROXY and XCLIENT ---------------------------------------------------------
+
+    /// A PROXY header inside the session: a listed proxy's header is read by the driver
+    /// before the session starts, so this one comes from a peer that may not send it (or is a
+    /// second header). Haraka: `421 PROXY not allowed from <ip>` and close.
+    fn cmd_proxy(&mut self) {
+        self.reply(super::proxy::not_allowed_reply(self.conn.remote.ip));
+        self.close();
+    }
+
+    /// `xclient.hosts` holds the client the session started with (after any PROXY header).
+    /// Only explicitly listed hosts qualify: Haraka also always allows loopback.
+    fn xclient_peer_allowed(&self) -> bool {
+        let ip = self.conn.remote.ip.to_canonical();
+        self.cfg
+            .xclient_hosts
+            .as_ref()
+            .is_some_and(|hosts| hosts.iter().any(|n| n.contains(&ip)))
+    }
+
+    fn cmd_xclient(&mut self, args: &str) {
+        if self.cfg.xclient_hosts.is_none() {
+            return self.unrecognized("XCLIENT", args);
+        }
+        if self.txn.is_some() {
+            return self.error(Reply::ext(503, (5, 5, 1), "Mail transaction in progress"));
+        }
+        if !self.xclient_allowed {
+            return self.error(Reply::ext(550, (5, 7, 0), "Not authorized"));
+        }
+        match super::xclient::parse(args) {
+            Ok(x) => self.restart_as(x),
+            Err(r) => self.error(r),
+        }
+    }
+
+    /// Become the session of the client XCLIENT names (Postfix: as if it had just connected):
+    /// new uuid, relaying and capabilities cleared, connect hooks re-run, then a new banner.
+    /// LOGIN counts as authenticated: relaying and `notes.auth_user` (Haraka's auth plugins).
+    fn restart_as(&mut self, x: super::xclient::Xclient) {
+        let Some(addr) = x.addr else {
+            return self.error(Reply::ext(501, (5, 5, 4), "No valid IP address found"));
+        };
+        let peer = self.conn.remote.ip;
+        let c = &mut self.conn;
+        c.uuid = uuid::Uuid::new_v4().to_string().to_uppercase();
+        c.remote = crate::hooks::state::Remote::new(std::net::SocketAddr::new(addr, x.port.unwrap_or(0)));
+        c.remote.host = x.name.clone();
+        c.local = std::net::SocketAddr::new(
+            x.destaddr.unwrap_or(c.local.ip()),
+            x.destport.unwrap_or(c.local.port()),
+        );
+        let verb = x.proto.or(c.hello.as_ref().map(|h| h.verb)).unwrap_or(HelloVerb::Helo);
+        c.hello = x.helo.clone().map(|host| Hello { verb, host });
+        c.capabilities.clear();
+        c.relaying = x.login.is_some();
+        c.notes.remove("auth_user");
+        if let Some(user) = &x.login {
+            c.notes.insert("auth_user".into(), user.clone().into());
+        }
+        c.notes.insert("xclient".into(), xclient_note(&x, peer));
+        self.phase = Phase::EndOfData;
+        self.hook(Hook::ConnectInit, Then::Ignore);
+        match x.name {
+            // The proxy looked the name up already.
+            Some(_) => self.hook(Hook::Connect, Then::Connect),
+            None => self.hook(Hook::LookupRdns, Then::LookupRdns),
+        }
+    }
+}
+
+/// `notes.xclient`: what the proxy said, and who the proxy is.
+fn xclient_note(x: &super::xclient::Xclient, peer: std::net::IpAddr) -> serde_json::Value {
+    serde_json::json!({
+        "addr": x.addr.map(|a| a.to_string()),
+        "port": x.port,
+        "name": x.name,
+        "helo": x.helo,
+        "login": x.login,
+        "destaddr": x.destaddr.map(|a| a.to_string()),
+        "destport": x.destport,
+        "proxy_ip": peer.to_string(),
+    })
 }
 
 fn is_deny(o: Outcome) -> bool {
