@@ -90,7 +90,10 @@ fn v1_tcp6_header() {
     let mut c = connect_with(&srv, b"PROXY TCP6 2001:db8::7 2001:db8::1 40000 25\r\n");
     assert_eq!(field(&c.greeting.text(), "remote"), "2001:db8::7");
     let msg = queued_message(&srv, &mut c);
-    assert!(msg.starts_with("Received: from client.example ([2001:db8::7])"), "{msg}");
+    assert!(
+        msg.starts_with("Received: from client.example ([2001:db8::7])"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -181,10 +184,16 @@ fn proxy_from_an_unlisted_peer_is_refused() {
     assert!(c.is_closed());
 
     // A v2 header from the same peer: also refused, not read as SMTP lines.
-    let mut c = connect_with(&srv, &v2_header(1, 0x11, &[192, 0, 2, 7, 198, 51, 100, 1, 0, 1, 0, 25], &[]));
+    let mut c = connect_with(
+        &srv,
+        &v2_header(1, 0x11, &[192, 0, 2, 7, 198, 51, 100, 1, 0, 1, 0, 25], &[]),
+    );
     assert_eq!(c.greeting.code, 220);
     let r = c.reply().expect("421");
-    assert_eq!((r.code, r.text().as_str()), (421, "4.7.0 PROXY not allowed from 127.0.0.1"));
+    assert_eq!(
+        (r.code, r.text().as_str()),
+        (421, "4.7.0 PROXY not allowed from 127.0.0.1")
+    );
     assert!(c.is_closed());
 }
 
@@ -212,14 +221,20 @@ fn truncated_v2_is_refused() {
     let full = v2_header(1, 0x11, &[192, 0, 2, 7, 198, 51, 100, 1, 0, 1, 0, 25], &[]);
     // Half a header, then silence: the header timeout ends it.
     let mut c = connect_with(&srv, &full[..20]);
-    assert_eq!((c.greeting.code, c.greeting.text().as_str()), (421, "4.4.2 PROXY timeout"));
+    assert_eq!(
+        (c.greeting.code, c.greeting.text().as_str()),
+        (421, "4.4.2 PROXY timeout")
+    );
     assert!(c.is_closed());
     // A length that cannot hold the addresses: refused at once.
     let mut short = full[..16].to_vec();
     short[15] = 4;
     short.extend([192, 0, 2, 7]);
     let mut c = connect_with(&srv, &short);
-    assert_eq!((c.greeting.code, c.greeting.text().as_str()), (421, "4.5.2 Invalid PROXY format"));
+    assert_eq!(
+        (c.greeting.code, c.greeting.text().as_str()),
+        (421, "4.5.2 Invalid PROXY format")
+    );
     assert!(c.is_closed());
     // Half a header, then the proxy closes: nothing to answer, the connection just ends.
     let mut s = TcpStream::connect(srv.addr()).unwrap();
@@ -257,7 +272,11 @@ fn through_haproxy(version: Version) {
     assert_eq!(field(&banner, "remote"), "127.0.0.5");
     assert_eq!(field(&banner, "port"), client_port.to_string());
     assert_eq!(field(&banner, "local"), proxy.addr.to_string());
-    assert_eq!(field(&banner, "relaying"), "false", "127.0.0.5 is not in relay_acl_allow");
+    assert_eq!(
+        field(&banner, "relaying"),
+        "false",
+        "127.0.0.5 is not in relay_acl_allow"
+    );
     let notes: serde_json::Value = serde_json::from_str(&field(&banner, "proxy")).unwrap();
     assert_eq!(notes["proxy_ip"], "127.0.0.1");
     let msg = queued_message(&srv, &mut c);

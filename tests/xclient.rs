@@ -17,7 +17,11 @@ use posta::queue::decode;
 /// `xclient` listed, `hosts` in `xclient.hosts`; the test client (127.0.0.1) may relay.
 fn config(hosts: &'static str) -> impl FnOnce(&Path) {
     move |dir: &Path| {
-        std::fs::write(dir.join("plugins"), "relay\nxclient\ntest/whoami\nrcpt_to.in_host_list\n").unwrap();
+        std::fs::write(
+            dir.join("plugins"),
+            "relay\nxclient\ntest/whoami\nrcpt_to.in_host_list\n",
+        )
+        .unwrap();
         std::fs::write(dir.join("xclient.hosts"), hosts).unwrap();
         std::fs::write(dir.join("relay_acl_allow"), "127.0.0.1\n192.0.2.50\n").unwrap();
     }
@@ -46,7 +50,9 @@ fn advertised_only_to_listed_hosts() {
     let mut c = srv.client();
     let ehlo = c.expect("EHLO proxy.example", 250);
     assert!(
-        ehlo.lines.iter().any(|l| l == "XCLIENT ADDR NAME PORT PROTO HELO LOGIN DESTADDR DESTPORT"),
+        ehlo.lines
+            .iter()
+            .any(|l| l == "XCLIENT ADDR NAME PORT PROTO HELO LOGIN DESTADDR DESTPORT"),
         "{ehlo:?}"
     );
 
@@ -76,13 +82,20 @@ fn success_restarts_the_session_as_the_client() {
     let first_uuid = field(&c.greeting.text(), "uuid");
     assert_eq!(field(&c.greeting.text(), "relaying"), "true", "the proxy relays");
     c.expect("EHLO proxy.example", 250);
-    let banner = xclient(&mut c, "ADDR=192.0.2.7 PORT=40000 NAME=client.example DESTADDR=198.51.100.1 DESTPORT=25")
-        .text();
+    let banner = xclient(
+        &mut c,
+        "ADDR=192.0.2.7 PORT=40000 NAME=client.example DESTADDR=198.51.100.1 DESTPORT=25",
+    )
+    .text();
     assert_eq!(field(&banner, "remote"), "192.0.2.7");
     assert_eq!(field(&banner, "port"), "40000");
     assert_eq!(field(&banner, "host"), "client.example");
     assert_eq!(field(&banner, "local"), "198.51.100.1:25");
-    assert_eq!(field(&banner, "relaying"), "false", "the proxy's relaying does not carry over");
+    assert_eq!(
+        field(&banner, "relaying"),
+        "false",
+        "the proxy's relaying does not carry over"
+    );
     assert_ne!(field(&banner, "uuid"), first_uuid, "a new connection uuid");
 
     c.expect("MAIL FROM:<a@remote.example>", 503); // HELO/EHLO needed again
@@ -93,7 +106,10 @@ fn success_restarts_the_session_as_the_client() {
     c.expect("RSET", 250);
     let r = c.send_mail("a@remote.example", &["user@example.test"], b"Subject: t\r\n\r\nhi");
     assert_eq!(r.code, 250, "{r:?}");
-    assert!(r.text().contains(&field(&banner, "uuid")), "txn ids follow the new uuid: {r:?}");
+    assert!(
+        r.text().contains(&field(&banner, "uuid")),
+        "txn ids follow the new uuid: {r:?}"
+    );
     c.expect("QUIT", 221);
     let msg = last_message(&srv);
     assert!(
@@ -121,7 +137,10 @@ fn ipv6_helo_proto_and_unavailable_values() {
     c.send(b"Subject: t\r\n\r\nhi\r\n.\r\n");
     assert_eq!(c.reply().unwrap().code, 250);
     let msg = last_message(&srv);
-    assert!(msg.starts_with("Received: from client.example ([2001:db8::7])"), "{msg}");
+    assert!(
+        msg.starts_with("Received: from client.example ([2001:db8::7])"),
+        "{msg}"
+    );
 }
 
 #[test]

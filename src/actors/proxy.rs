@@ -54,7 +54,9 @@ pub async fn accept(stream: &mut TcpStream, session: &mut Session) -> bool {
 
 fn log_header(peer: std::net::IpAddr, header: &ProxyHeader) {
     match &header.addrs {
-        Some(a) => tracing::debug!(proxy = %peer, version = header.version, src = %a.source, dst = %a.destination, "PROXY header"),
+        Some(a) => {
+            tracing::debug!(proxy = %peer, version = header.version, src = %a.source, dst = %a.destination, "PROXY header")
+        }
         None => tracing::debug!(proxy = %peer, version = header.version, "PROXY LOCAL: proxy's own connection"),
     }
 }
@@ -87,10 +89,7 @@ async fn read_line_part(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize,
         return Err(Failure::Closed);
     }
     let take = memchr::memchr(b'\n', &buf[..n]).map_or(n, |i| i + 1);
-    stream
-        .read_exact(&mut buf[..take])
-        .await
-        .map_err(|_| Failure::Closed)?;
+    stream.read_exact(&mut buf[..take]).await.map_err(|_| Failure::Closed)?;
     Ok(take)
 }
 

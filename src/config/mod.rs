@@ -271,9 +271,10 @@ fn load_proxy(f: &IniFile) -> Result<ProxyConfig, ConfigError> {
     for entry in f.list("haproxy", "hosts") {
         // Haraka accepts comma-separated values inside one list entry too.
         for h in entry.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-            hosts.push(parse_net(h).ok_or_else(|| {
-                f.invalid("haproxy", "hosts[]", format!("'{h}' is not an address or CIDR"))
-            })?);
+            hosts.push(
+                parse_net(h)
+                    .ok_or_else(|| f.invalid("haproxy", "hosts[]", format!("'{h}' is not an address or CIDR")))?,
+            );
         }
     }
     let timeout = f.u64("haproxy", "timeout", 30)?;
@@ -293,9 +294,10 @@ fn load_xclient_hosts(dir: &Path, plugins: &[String]) -> Result<Option<Vec<IpNet
     }
     let mut hosts = Vec::new();
     for h in read_list(dir, "xclient.hosts")? {
-        hosts.push(parse_net(&h).ok_or_else(|| {
-            ConfigError::new("xclient.hosts", None, format!("'{h}' is not an address or CIDR"))
-        })?);
+        hosts.push(
+            parse_net(&h)
+                .ok_or_else(|| ConfigError::new("xclient.hosts", None, format!("'{h}' is not an address or CIDR")))?,
+        );
     }
     Ok(Some(hosts))
 }

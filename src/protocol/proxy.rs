@@ -217,7 +217,10 @@ pub fn parse_v2(bytes: &[u8]) -> Result<ProxyHeader, ProxyError> {
         reason: e.to_string(),
     })?;
     if header.command == v2::Command::Local {
-        return Ok(ProxyHeader { version: 2, addrs: None });
+        return Ok(ProxyHeader {
+            version: 2,
+            addrs: None,
+        });
     }
     let addrs = match (header.protocol, header.addresses) {
         // proxy-protocol.txt 2.2: an unspecified family means "use the real endpoints".
@@ -357,7 +360,13 @@ mod tests {
         assert_eq!(a.proto(), "TCP6");
 
         let local = read(&v2(0, 0x00, &[], &[])).0.unwrap().unwrap();
-        assert_eq!(local, ProxyHeader { version: 2, addrs: None });
+        assert_eq!(
+            local,
+            ProxyHeader {
+                version: 2,
+                addrs: None
+            }
+        );
         assert_eq!(
             read(&v2(1, 0x12, &v4, &[])).0,
             Some(Err(ProxyError::Unsupported("UDP")))

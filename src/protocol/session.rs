@@ -1268,10 +1268,7 @@ impl Session {
         c.uuid = uuid::Uuid::new_v4().to_string().to_uppercase();
         c.remote = crate::hooks::state::Remote::new(std::net::SocketAddr::new(addr, x.port.unwrap_or(0)));
         c.remote.host = x.name.clone();
-        c.local = std::net::SocketAddr::new(
-            x.destaddr.unwrap_or(c.local.ip()),
-            x.destport.unwrap_or(c.local.port()),
-        );
+        c.local = std::net::SocketAddr::new(x.destaddr.unwrap_or(c.local.ip()), x.destport.unwrap_or(c.local.port()));
         let verb = x.proto.or(c.hello.as_ref().map(|h| h.verb)).unwrap_or(HelloVerb::Helo);
         c.hello = x.helo.clone().map(|host| Hello { verb, host });
         c.capabilities.clear();

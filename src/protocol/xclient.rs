@@ -111,7 +111,9 @@ fn decode_xtext(s: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'+' {
-            let hex = s.get(i + 1..i + 3).filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))?;
+            let hex = s
+                .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -208,12 +210,16 @@ mod tests {
 
     #[test]
     fn advertised_and_applied_for_listed_hosts() {
-        let input = b"EHLO proxy\r\nXCLIENT ADDR=192.0.2.7 PORT=4000 HELO=c.example LOGIN=bob\r\nMAIL FROM:<a@b.test>\r\n";
+        let input =
+            b"EHLO proxy\r\nXCLIENT ADDR=192.0.2.7 PORT=4000 HELO=c.example LOGIN=bob\r\nMAIL FROM:<a@b.test>\r\n";
         let (out, s, hooks) = run("127.0.0.1:5000", Some("127.0.0.1/32"), input);
         assert!(out.contains(CAPABILITY), "{out}");
         let banners = out.lines().filter(|l| l.starts_with("220 ")).count();
         assert_eq!(banners, 2, "{out}");
-        assert!(out.contains("250 2.1.0 sender <a@b.test> OK"), "HELO attribute stands in for EHLO: {out}");
+        assert!(
+            out.contains("250 2.1.0 sender <a@b.test> OK"),
+            "HELO attribute stands in for EHLO: {out}"
+        );
         let c = s.conn();
         assert_eq!(c.remote.ip.to_string(), "192.0.2.7");
         assert_eq!(c.remote.port, 4000);
@@ -232,18 +238,28 @@ mod tests {
         assert_eq!(out.lines().filter(|l| l.starts_with("220 ")).count(), 2, "{out}");
         assert!(!s.conn().relaying);
         assert_eq!(s.conn().remote.host.as_deref(), Some("c.example"));
-        assert!(!hooks.iter().any(|h| h == "lookup_rdns:2001:db8::7"), "NAME given: no rDNS");
+        assert!(
+            !hooks.iter().any(|h| h == "lookup_rdns:2001:db8::7"),
+            "NAME given: no rDNS"
+        );
         assert!(s.conn().hello.is_none());
     }
 
     #[test]
     fn refusals_in_the_session() {
-        let (out, _, _) = run("127.0.0.1:5000", Some("10.0.0.0/8"), b"EHLO p\r\nXCLIENT ADDR=192.0.2.7\r\n");
+        let (out, _, _) = run(
+            "127.0.0.1:5000",
+            Some("10.0.0.0/8"),
+            b"EHLO p\r\nXCLIENT ADDR=192.0.2.7\r\n",
+        );
         assert!(!out.contains("XCLIENT"), "not advertised: {out}");
         assert!(out.contains("550 5.7.0 Not authorized"), "{out}");
 
         let (out, _, _) = run("127.0.0.1:5000", None, b"EHLO p\r\nXCLIENT ADDR=192.0.2.7\r\n");
-        assert!(out.contains("500 5.5.1 Unrecognized command"), "plugin not listed: {out}");
+        assert!(
+            out.contains("500 5.5.1 Unrecognized command"),
+            "plugin not listed: {out}"
+        );
 
         let input = b"EHLO p\r\nMAIL FROM:<a@b.test>\r\nXCLIENT ADDR=192.0.2.7\r\nXCLIENT NAME=x\r\n";
         let (out, _, _) = run("127.0.0.1:5000", Some("127.0.0.1/32"), input);
@@ -254,7 +270,11 @@ mod tests {
 
     #[test]
     fn proxy_lines_in_the_session_are_refused() {
-        let (out, s, _) = run("127.0.0.1:5000", None, b"PROXY TCP4 192.0.2.7 192.0.2.1 1 25\r\nEHLO x\r\n");
+        let (out, s, _) = run(
+            "127.0.0.1:5000",
+            None,
+            b"PROXY TCP4 192.0.2.7 192.0.2.1 1 25\r\nEHLO x\r\n",
+        );
         assert!(out.ends_with("421 4.7.0 PROXY not allowed from 127.0.0.1\r\n"), "{out}");
         assert_eq!(s.conn().remote.ip.to_string(), "127.0.0.1");
         let mut v2 = ppp::v2::PROTOCOL_PREFIX.to_vec();

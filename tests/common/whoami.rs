@@ -17,7 +17,11 @@ impl Plugin for WhoAmI {
     }
     fn call<'a>(&'a self, _: &'a Hook, cx: &'a mut HookContext<'_>) -> HookReturn<'a> {
         let c = &cx.conn;
-        let proxy = c.notes.get("proxy").map(|p| p.to_string()).unwrap_or_else(|| "none".into());
+        let proxy = c
+            .notes
+            .get("proxy")
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "none".into());
         let auth = c.notes.get("auth_user").and_then(|u| u.as_str()).unwrap_or("none");
         let msg = format!(
             "whoami remote={} port={} local={} relaying={} host={} auth={auth} uuid={} proxy={proxy}",
