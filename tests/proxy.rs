@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::haproxy::{connect_from, Haproxy, Version};
+use common::process;
 use common::whoami::{field, registry};
 use common::*;
 use posta::queue::decode;
@@ -291,4 +292,80 @@ fn haproxy_send_proxy_v1() {
 #[test]
 fn haproxy_send_proxy_v2() {
     through_haproxy(Version::V2);
+}
+
+// ----- the logs ----------------------------------------------------------------------------
+
+/// The real binary's stderr: the connection's log span and disconnect line name the client
+/// from the header; a refused header is logged with the proxy's address and the reason.
+#[test]
+fn logs_name_the_client_and_refusals() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let root = tempfile::tempdir().unwrap();
+    let cfg = root.path().join("config");
+    write_default_config(&cfg);
+    behind_proxy(&cfg);
+    std::fs::write(cfg.join("plugins"), "rcpt_to.in_host_list\n").unwrap();
+    std::fs::write(cfg.join("queue_dir"), root.path().join("queue").display().to_string()).unwrap();
+    let port = process::free_port();
+    std::fs::write(
+        cfg.join("smtp.ini"),
+        format!("[main]\nlisten=127.0.0.1:{port}\nnodes=1\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_posta"))
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .env("POSTA_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn posta");
+    let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut first = None;
+    for _ in 0..400 {
+        if let Ok(s) = TcpStream::connect(addr) {
+            first = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let mut s = first.expect("posta listens");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 25\r\nQUIT\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(s);
+    assert_eq!(read_reply(&mut reader).unwrap().code, 220);
+    assert_eq!(read_reply(&mut reader).unwrap().code, 221);
+    assert!(read_reply(&mut reader).is_none());
+
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"PROXY TCP4 192.0.2.7 nonsense 1 25\r\n").unwrap();
+    let mut reader = BufReader::new(s);
+    assert_eq!(read_reply(&mut reader).unwrap().code, 421);
+    assert!(read_reply(&mut reader).is_none());
+
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log.join().unwrap();
+    let disconnect = log
+        .lines()
+        .find(|l| l.contains("disconnect"))
+        .unwrap_or_else(|| panic!("no disconnect line in:\n{log}"));
+    assert!(disconnect.contains("ip=192.0.2.7"), "{disconnect}");
+    let refused = log
+        .lines()
+        .find(|l| l.contains("PROXY header refused"))
+        .unwrap_or_else(|| panic!("no refusal line in:\n{log}"));
+    assert!(refused.contains("proxy=127.0.0.1"), "{refused}");
+    assert!(refused.contains("malformed v1 header"), "{refused}");
 }

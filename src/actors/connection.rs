@@ -84,7 +84,12 @@ impl Actor for ConnectionActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         inc(&metrics().connection.started);
         if let Some(driver) = self.driver.take() {
-            let run = driver.run();
+            // Every log line of this connection carries its uuid (Haraka's connection uuid;
+            // transactions are `<uuid>.<n>`), so one grep finds a whole session. `ip` is set
+            // by the driver, once a PROXY header (if any) has named the client.
+            let conn = driver.session.conn();
+            let span = tracing::info_span!("conn", uuid = %conn.uuid, ip = tracing::field::Empty);
+            let run = tracing::Instrument::instrument(driver.run(), span);
             // Everything the session does runs inside this boundary: a panic anywhere in it
             // ends this connection only (the session's own panics are answered 421 inside).
             let fut = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run));
@@ -125,52 +130,33 @@ impl Driver {
         if !super::proxy::accept(&mut self.stream, &mut self.session).await {
             return;
         }
-        // Every log line of this connection carries its uuid (Haraka's connection uuid;
-        // transactions are `<uuid>.<n>`), so one grep finds a whole session. XCLIENT gives the
-        // connection a new uuid and client: the span is made anew then.
+        let ip = self.session.conn().remote.ip;
+        tracing::Span::current().record("ip", tracing::field::display(ip));
         loop {
-            let conn = self.session.conn();
-            let span = tracing::info_span!("conn", uuid = %conn.uuid, ip = %conn.remote.ip);
-            if !tracing::Instrument::instrument(self.serve(), span).await {
-                return;
-            }
-        }
-    }
-
-    /// Run the session; true when it took a new identity (XCLIENT) and goes on.
-    async fn serve(&mut self) -> bool {
-        let uuid = self.session.conn().uuid.clone();
-        loop {
-            if self.session.conn().uuid != uuid {
-                return true;
-            }
             let action = match std::panic::catch_unwind(AssertUnwindSafe(|| self.session.next_action())) {
                 Ok(a) => a,
-                Err(_) => {
-                    self.internal_error("session").await;
-                    return false;
-                }
+                Err(_) => return self.internal_error("session").await,
             };
             match action {
                 Action::Hook(h) => {
                     if !self.hook(h).await {
-                        return false;
+                        return;
                     }
                 }
                 Action::Body(bytes) => self.body(bytes).await,
                 Action::Commit => self.commit().await,
                 Action::Discard => self.txn = None,
                 Action::NeedInput => self.input().await,
-                Action::Close => {
-                    self.close().await;
-                    return false;
-                }
+                Action::Close => return self.close().await,
             }
         }
     }
 
     /// Run the plugin chain; false when a plugin panicked (the connection is then closed).
     async fn hook(&mut self, hook: crate::hooks::Hook) -> bool {
+        if hook == crate::hooks::Hook::ConnectInit {
+            super::proxy::log_xclient(self.session.conn());
+        }
         let chain = self.chain.clone();
         let (conn, txn) = self.session.states_mut();
         let mut cx = HookContext { conn, txn };
@@ -315,7 +301,7 @@ impl Driver {
         });
     }
 
-    async fn close(&mut self) {
+    async fn close(mut self) {
         self.txn = None;
         self.flush().await;
         let _ = self.stream.shutdown().await;

@@ -61,6 +61,15 @@ fn log_header(peer: std::net::IpAddr, header: &ProxyHeader) {
     }
 }
 
+/// After XCLIENT the session runs as another client under a new uuid, while the log span
+/// keeps the connection's first uuid and address: this line ties the two together.
+pub fn log_xclient(conn: &crate::hooks::Connection) {
+    if let Some(x) = conn.notes.get("xclient") {
+        let login = x["login"].as_str().unwrap_or("");
+        tracing::info!(new_uuid = %conn.uuid, client = %conn.remote.ip, login, "XCLIENT");
+    }
+}
+
 async fn read_header(stream: &mut TcpStream) -> Result<ProxyHeader, Failure> {
     let mut reader = HeaderReader::new();
     let mut line = [0u8; V1_MAX];

@@ -247,7 +247,8 @@ pub fn apply(conn: &mut Connection, header: &ProxyHeader) {
         return;
     };
     let proxy_ip = conn.remote.ip;
-    conn.remote = Remote::new(a.source);
+    // A dual-stack proxy reports IPv4 clients as `::ffff:a.b.c.d`; ACLs list them as IPv4.
+    conn.remote = Remote::new(SocketAddr::new(a.source.ip().to_canonical(), a.source.port()));
     conn.local = a.destination;
     let note = serde_json::json!({
         "type": "haproxy",
@@ -407,6 +408,10 @@ mod tests {
         assert_eq!(note["proxy_ip"], "127.0.0.1");
         assert_eq!(note["src_port"], 40000);
         assert_eq!(note["proto"], "TCP4");
+
+        let h = parse_v1(b"PROXY TCP6 ::ffff:192.0.2.8 ::1 40000 25\r\n").unwrap();
+        apply(&mut conn, &h);
+        assert_eq!(conn.remote.ip.to_string(), "192.0.2.8");
     }
 
     #[test]

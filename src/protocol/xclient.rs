@@ -87,10 +87,12 @@ fn is_unavailable(v: &str) -> bool {
 /// IPv6 address is accepted too, since it cannot be mistaken for anything else).
 fn parse_ip(v: &str) -> Option<IpAddr> {
     let v6 = v.get(..5).filter(|p| p.eq_ignore_ascii_case("IPV6:")).map(|_| &v[5..]);
-    match v6 {
+    let ip = match v6 {
         Some(rest) => rest.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6),
         None => v.parse().ok(),
-    }
+    };
+    // `IPV6:::ffff:192.0.2.7` is the IPv4 client of a dual-stack proxy.
+    ip.map(|i: IpAddr| i.to_canonical())
 }
 
 /// A host name or address literal: printable ASCII without spaces, at most 255 octets, since
