@@ -85,8 +85,14 @@ fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
-/// The haproxy binary: on PATH or in /usr/sbin, else installed by `scripts/test-deps.sh`.
+/// The haproxy binary: on PATH or in /usr/sbin, else installed by `scripts/test-deps.sh`
+/// (once per test binary: tests run in parallel and apt-get takes a lock).
 pub fn haproxy_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(locate_or_install).clone()
+}
+
+fn locate_or_install() -> PathBuf {
     if let Some(p) = find("haproxy") {
         return p;
     }
