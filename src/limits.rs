@@ -262,6 +262,11 @@ pub struct ConnSlot {
 }
 
 impl ConnSlot {
+    /// Counted under a client address already (at accept, or by [`attach_ip`](Self::attach_ip)).
+    pub fn has_ip(&self) -> bool {
+        self.ip.is_some()
+    }
+
     /// Count this connection under client address `ip` (per-address and rate limits): at
     /// accept, or later when a PROXY header or XCLIENT names the real client. A slot already
     /// counted under another address moves (its old place is given back first). On a refusal

@@ -132,9 +132,10 @@ impl Actor for ConnectionActor {
         inc(&metrics().connection.started);
         if let Some(driver) = self.driver.take() {
             // Every log line of this connection carries its uuid (Haraka's connection uuid;
-            // transactions are `<uuid>.<n>`), so one grep finds a whole session.
+            // transactions are `<uuid>.<n>`), so one grep finds a whole session. `ip` is set
+            // by the driver, once a PROXY header (if any) has named the client.
             let conn = driver.session.conn();
-            let span = tracing::info_span!("conn", uuid = %conn.uuid, ip = %conn.remote.ip);
+            let span = tracing::info_span!("conn", uuid = %conn.uuid, ip = tracing::field::Empty);
             let run = tracing::Instrument::instrument(driver.run(), span);
             // Everything the session does runs inside this boundary: a panic anywhere in it
             // ends this connection only (the session's own panics are answered 421 inside).
@@ -224,6 +225,17 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self) {
+        // A listed proxy's PROXY header comes first: it says who the client is.
+        if let Stream::Plain(tcp) = &mut self.stream {
+            if !super::proxy::accept(tcp, &mut self.session).await {
+                return;
+            }
+        }
+        let ip = self.session.conn().remote.ip;
+        tracing::Span::current().record("ip", tracing::field::display(ip));
+        if !self.attach_slot().await {
+            return;
+        }
         if self.implicit_tls {
             match self.handshake().await {
                 Ok(info) => self.session.tls_started(info),
@@ -253,8 +265,30 @@ impl Driver {
         }
     }
 
+    /// A connection from a listed proxy was admitted under the total limit only: count the
+    /// client its PROXY header named under the per-address limits now. False: refused (421).
+    async fn attach_slot(&mut self) -> bool {
+        let ip = self.session.conn().remote.ip;
+        let Some(slot) = self.slot.as_mut().filter(|s| !s.has_ip()) else {
+            return true;
+        };
+        let Err(r) = slot.attach_ip(ip) else {
+            return true;
+        };
+        metrics().limits.refused(r);
+        tracing::info!(client = %ip, limit = r.label(), "connection refused by a limit (client named by PROXY)");
+        if let Ok(Ok(())) = tokio::time::timeout(self.shared.inactivity, self.stream.write_all(r.reply())).await {
+            count_replies(metrics(), r.reply());
+        }
+        self.stream.shutdown().await;
+        false
+    }
+
     /// Run the plugin chain; false when a plugin panicked (the connection is then closed).
     async fn hook(&mut self, hook: crate::hooks::Hook) -> bool {
+        if hook == crate::hooks::Hook::ConnectInit {
+            super::proxy::log_xclient(self.session.conn());
+        }
         let chain = self.chain.clone();
         let span = TxnLog::span(self.session.txn());
         let (conn, txn) = self.session.states_mut();

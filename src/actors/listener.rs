@@ -57,7 +57,15 @@ async fn accept_loop(socket: std::net::TcpListener, shared: Arc<Shared>, implici
         match accepted {
             Ok((stream, peer)) => {
                 // Limits first: a refused client costs one reply line, no session.
-                let slot = match shared.limits.admit(peer.ip()) {
+                // A listed proxy's connections count under the total only until its PROXY
+                // header names the client (the driver counts that address then).
+                let proxied = shared.snapshot().1.proxy.trusts(peer.ip());
+                let admitted = if proxied {
+                    shared.limits.admit_total()
+                } else {
+                    shared.limits.admit(peer.ip())
+                };
+                let slot = match admitted {
                     Ok(slot) => slot,
                     Err(r) => {
                         refuse(stream, r);

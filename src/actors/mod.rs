@@ -5,6 +5,7 @@ pub mod control;
 pub mod delivery_supervisor;
 pub mod listener;
 pub mod metrics_http;
+pub mod proxy;
 pub mod queue_file;
 pub mod queue_manager;
 pub mod remote_mx;

@@ -19,8 +19,10 @@ pub use outbound::OutboundConfig;
 pub use tls::TlsIni;
 
 use crate::hooks::HookSet;
+use crate::protocol::proxy::ProxyConfig;
 use crate::protocol::sasl::AuthSettings;
 use crate::protocol::session::{BareEol, SessionConfig, StartTlsPolicy};
+use ipnet::IpNet;
 
 /// A configuration problem: which file, which key, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,6 +127,7 @@ impl Config {
         let conn_ini = IniFile::load(dir, "connection.ini")?;
         let mut session = load_session(&conn_ini, &me)?;
         session.auth = load_auth(&IniFile::load(dir, "auth.ini")?)?;
+        session.xclient_hosts = load_xclient_hosts(dir, &plugins)?;
         let spool_after = conn_ini.i64("main", "spool_after", 262_144)?;
         let spool_after = if spool_after < 0 {
             usize::MAX
@@ -304,6 +307,8 @@ fn load_session(f: &IniFile, me: &str) -> Result<SessionConfig, ConfigError> {
         starttls: StartTlsPolicy::default(),
         hooks: HookSet::all(),
         auth: AuthSettings::default(),
+        proxy: load_proxy(f)?,
+        xclient_hosts: None,
     })
 }
 
@@ -335,6 +340,52 @@ fn load_auth(f: &IniFile) -> Result<AuthSettings, ConfigError> {
             .u64("main", "max_failures", u64::from(d.max_failures))?
             .min(u64::from(u32::MAX)) as u32,
     })
+}
+
+/// `connection.ini [haproxy]`: `hosts[]` (addresses or CIDRs) and `timeout` (seconds).
+fn load_proxy(f: &IniFile) -> Result<ProxyConfig, ConfigError> {
+    let mut hosts = Vec::new();
+    for entry in f.list("haproxy", "hosts") {
+        // Haraka accepts comma-separated values inside one list entry too.
+        for h in entry.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            hosts.push(
+                parse_net(h)
+                    .ok_or_else(|| f.invalid("haproxy", "hosts[]", format!("'{h}' is not an address or CIDR")))?,
+            );
+        }
+    }
+    let timeout = f.u64("haproxy", "timeout", 30)?;
+    if timeout == 0 {
+        return Err(f.invalid("haproxy", "timeout", "must be at least 1 second"));
+    }
+    Ok(ProxyConfig {
+        hosts,
+        timeout: Duration::from_secs(timeout),
+    })
+}
+
+/// `xclient.hosts` (list): who may send XCLIENT, read only when the `xclient` plugin is listed.
+fn load_xclient_hosts(dir: &Path, plugins: &[String]) -> Result<Option<Vec<IpNet>>, ConfigError> {
+    if !plugins.iter().any(|p| p == "xclient") {
+        return Ok(None);
+    }
+    let mut hosts = Vec::new();
+    for h in read_list(dir, "xclient.hosts")? {
+        hosts.push(
+            parse_net(&h)
+                .ok_or_else(|| ConfigError::new("xclient.hosts", None, format!("'{h}' is not an address or CIDR")))?,
+        );
+    }
+    Ok(Some(hosts))
+}
+
+/// `192.0.2.0/24`, `2001:db8::/64`, or a bare address: exactly that address (/32 or /128;
+/// Haraka widens a bare IPv6 proxy address to /64, posta does not).
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        .map(|n| n.trunc())
 }
 
 /// Lines of a list file, without comments and blank lines. Missing file: empty list.

@@ -13,6 +13,7 @@ pub mod queue;
 pub mod rcpt_to_in_host_list;
 pub mod relay;
 pub mod tls;
+pub mod xclient;
 
 use crate::hooks::PluginRegistry;
 
@@ -33,4 +34,5 @@ pub fn register_builtins(r: &mut PluginRegistry) {
     r.register("auth/flat_file", auth::flat_file::FlatFile::build);
     r.register("auth/auth_proxy", auth::auth_proxy::AuthProxy::build);
     r.register("tls", tls::Tls::build);
+    r.register("xclient", xclient::Xclient::build);
 }

@@ -30,6 +30,10 @@ pub enum Command<'a> {
     Auth(&'a str),
     /// `STARTTLS` (RFC 3207) with whatever followed it (must be nothing).
     StartTls(&'a str),
+    /// A PROXY protocol v1 line inside the SMTP session (not from a listed proxy).
+    Proxy(&'a str),
+    /// Postfix XCLIENT (only when the `xclient` plugin is listed).
+    Xclient(&'a str),
     /// Anything else; goes to the `unrecognized_command` hook with verb and arguments.
     Unknown {
         verb: &'a str,
@@ -54,6 +58,8 @@ impl Command<'_> {
             Command::Help => "HELP",
             Command::Auth(_) => "AUTH",
             Command::StartTls(_) => "STARTTLS",
+            Command::Proxy(_) => "PROXY",
+            Command::Xclient(_) => "XCLIENT",
             Command::Unknown { .. } => "UNKNOWN",
         }
     }
@@ -139,6 +145,10 @@ pub fn parse_command(line: &str) -> Command<'_> {
         Command::Auth(args)
     } else if is("STARTTLS") {
         Command::StartTls(args)
+    } else if is("PROXY") {
+        Command::Proxy(args)
+    } else if is("XCLIENT") {
+        Command::Xclient(args)
     } else {
         Command::Unknown { verb, args }
     }

@@ -21,9 +21,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
+use ipnet::IpNet;
 
 use super::command::{self, check_line, parse_command, Command, ParseContext};
 use super::data::{BodyLimits, BodyReceiver, Mode};
+use super::proxy::ProxyConfig;
 use super::reply::Reply;
 use super::sasl::{self, AuthSettings, Exchange, Mechanism, SaslError, Step as SaslStep};
 use crate::hooks::hook::{Hook, HookSet};
@@ -86,6 +88,12 @@ pub struct SessionConfig {
     pub hooks: HookSet,
     /// SMTP AUTH: mechanisms, when it is offered, brute-force limits, submission ports.
     pub auth: AuthSettings,
+    /// `connection.ini [haproxy]`: PROXY protocol senders (read by the driver before the
+    /// session starts).
+    pub proxy: ProxyConfig,
+    /// `xclient.hosts` when the `xclient` plugin is listed; `None`: XCLIENT is an unknown
+    /// command.
+    pub xclient_hosts: Option<Vec<IpNet>>,
 }
 
 impl SessionConfig {
@@ -111,6 +119,8 @@ impl SessionConfig {
             starttls: StartTlsPolicy::default(),
             hooks: HookSet::all(),
             auth: AuthSettings::default(),
+            proxy: ProxyConfig::default(),
+            xclient_hosts: None,
         }
     }
 }
@@ -221,6 +231,8 @@ pub struct Session {
     quit_seen: bool,
     /// Command lines taken so far (the slow-client deadlines time each line).
     lines: u64,
+    /// The peer may use XCLIENT: decided once, for the client the session started with.
+    xclient_allowed: bool,
 }
 
 const PIPELINABLE: [&str; 6] = ["RSET", "MAIL", "SEND", "SOML", "SAML", "RCPT"];
@@ -240,6 +252,7 @@ impl Session {
             spooled: false,
             quit_seen: false,
             lines: 0,
+            xclient_allowed: false,
         }
     }
 
@@ -408,6 +421,7 @@ impl Session {
         match &mut self.phase {
             Phase::Start => {
                 self.phase = Phase::EndOfData;
+                self.xclient_allowed = self.xclient_peer_allowed();
                 self.hook(Hook::ConnectInit, Then::Ignore);
                 self.hook(Hook::LookupRdns, Then::LookupRdns);
                 None
@@ -528,6 +542,11 @@ impl Session {
             self.close();
             return None;
         }
+        if super::proxy::is_v2_signature(&self.inbuf) {
+            self.inbuf.clear();
+            self.cmd_proxy();
+            return None;
+        }
         let line = match self.take_line() {
             Ok(Some(line)) => line,
             Ok(None) => return Some(Action::NeedInput),
@@ -603,6 +622,8 @@ impl Session {
             )),
             Command::Auth(a) => self.cmd_auth(a),
             Command::StartTls(a) => self.cmd_starttls(a),
+            Command::Proxy(_) => self.cmd_proxy(),
+            Command::Xclient(args) => self.cmd_xclient(args),
             Command::Unknown { verb, args } => self.unrecognized(verb, args),
         }
     }
@@ -1112,6 +1133,9 @@ impl Session {
             lines.push("STARTTLS".into());
         }
         lines.extend(self.auth_capability());
+        if self.xclient_allowed {
+            lines.push(super::xclient::CAPABILITY.into());
+        }
         lines.extend(self.conn.capabilities.iter().cloned());
         self.reply(Reply::multi(250, lines));
     }
@@ -1495,6 +1519,87 @@ impl Session {
             self.steps.push_front(Step::Act(Action::Pause(delay)));
         }
     }
+    // ----- PROXY and XCLIENT ---------------------------------------------------------
+
+    /// A PROXY header inside the session: a listed proxy's header is read by the driver
+    /// before the session starts, so this one comes from a peer that may not send it (or is a
+    /// second header). Haraka: `421 PROXY not allowed from <ip>` and close.
+    fn cmd_proxy(&mut self) {
+        self.reply(super::proxy::not_allowed_reply(self.conn.remote.ip));
+        self.close();
+    }
+
+    /// `xclient.hosts` holds the client the session started with (after any PROXY header).
+    /// Only explicitly listed hosts qualify: Haraka also always allows loopback.
+    fn xclient_peer_allowed(&self) -> bool {
+        let ip = self.conn.remote.ip.to_canonical();
+        self.cfg
+            .xclient_hosts
+            .as_ref()
+            .is_some_and(|hosts| hosts.iter().any(|n| n.contains(&ip)))
+    }
+
+    fn cmd_xclient(&mut self, args: &str) {
+        if self.cfg.xclient_hosts.is_none() {
+            return self.unrecognized("XCLIENT", args);
+        }
+        if self.txn.is_some() {
+            return self.error(Reply::ext(503, (5, 5, 1), "Mail transaction in progress"));
+        }
+        if !self.xclient_allowed {
+            return self.error(Reply::ext(550, (5, 7, 0), "Not authorized"));
+        }
+        match super::xclient::parse(args) {
+            Ok(x) => self.restart_as(x),
+            Err(r) => self.error(r),
+        }
+    }
+
+    /// Become the session of the client XCLIENT names (Postfix: as if it had just connected):
+    /// new uuid, relaying and capabilities cleared, connect hooks re-run, then a new banner.
+    /// LOGIN counts as authenticated: relaying and `notes.auth_user` (Haraka's auth plugins).
+    fn restart_as(&mut self, x: super::xclient::Xclient) {
+        let Some(addr) = x.addr else {
+            return self.error(Reply::ext(501, (5, 5, 4), "No valid IP address found"));
+        };
+        let peer = self.conn.remote.ip;
+        let c = &mut self.conn;
+        c.uuid = uuid::Uuid::new_v4().to_string().to_uppercase();
+        c.remote = crate::hooks::state::Remote::new(std::net::SocketAddr::new(addr, x.port.unwrap_or(0)));
+        c.remote.host = x.name.clone();
+        c.local = std::net::SocketAddr::new(x.destaddr.unwrap_or(c.local.ip()), x.destport.unwrap_or(c.local.port()));
+        let verb = x.proto.or(c.hello.as_ref().map(|h| h.verb)).unwrap_or(HelloVerb::Helo);
+        c.hello = x.helo.clone().map(|host| Hello { verb, host });
+        c.capabilities.clear();
+        c.relaying = x.login.is_some();
+        c.auth_user = x.login.clone();
+        c.notes.remove("auth_user");
+        if let Some(user) = &x.login {
+            c.notes.insert("auth_user".into(), user.clone().into());
+        }
+        c.notes.insert("xclient".into(), xclient_note(&x, peer));
+        self.phase = Phase::EndOfData;
+        self.hook(Hook::ConnectInit, Then::Ignore);
+        match x.name {
+            // The proxy looked the name up already.
+            Some(_) => self.hook(Hook::Connect, Then::Connect),
+            None => self.hook(Hook::LookupRdns, Then::LookupRdns),
+        }
+    }
+}
+
+/// `notes.xclient`: what the proxy said, and who the proxy is.
+fn xclient_note(x: &super::xclient::Xclient, peer: std::net::IpAddr) -> serde_json::Value {
+    serde_json::json!({
+        "addr": x.addr.map(|a| a.to_string()),
+        "port": x.port,
+        "name": x.name,
+        "helo": x.helo,
+        "login": x.login,
+        "destaddr": x.destaddr.map(|a| a.to_string()),
+        "destport": x.destport,
+        "proxy_ip": peer.to_string(),
+    })
 }
 
 fn is_deny(o: Outcome) -> bool {

@@ -4,9 +4,11 @@
 
 pub mod dns;
 pub mod dsn;
+pub mod haproxy;
 pub mod process;
 pub mod relay;
 pub mod sink;
+pub mod whoami;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
