@@ -369,3 +369,37 @@ fn logs_name_the_client_and_refusals() {
     assert!(refused.contains("proxy=127.0.0.1"), "{refused}");
     assert!(refused.contains("malformed v1 header"), "{refused}");
 }
+
+/// Behind a listed proxy the per-address limit counts the client the header names, not the
+/// proxy: two clients get in, the second connection of one of them is refused.
+#[test]
+fn per_address_limit_counts_the_proxied_client() {
+    let srv = start(|d| {
+        std::fs::write(
+            d.join("connection.ini"),
+            "[haproxy]\nhosts[]=127.0.0.1\ntimeout=5\n[max]\nconnections_per_ip=1\n",
+        )
+        .unwrap();
+    });
+    let header = |client: &str| format!("PROXY TCP4 {client} 198.51.100.1 40000 25\r\n");
+    let first = connect_with(&srv, header("192.0.2.10").as_bytes());
+    assert_eq!(first.greeting.code, 220, "{:?}", first.greeting);
+    let other = connect_with(&srv, header("192.0.2.11").as_bytes());
+    assert_eq!(other.greeting.code, 220, "{:?}", other.greeting);
+    let again = connect_with(&srv, header("192.0.2.10").as_bytes());
+    assert_eq!(again.greeting.code, 421, "{:?}", again.greeting);
+    assert!(again.greeting.text().contains("4.7.0"), "{:?}", again.greeting);
+    // The slot is given back when the first connection ends.
+    let mut first = first;
+    first.expect("QUIT", 221);
+    drop(first);
+    let ok = (0..200).any(|_| {
+        let c = connect_with(&srv, header("192.0.2.10").as_bytes());
+        if c.greeting.code == 220 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        false
+    });
+    assert!(ok, "the proxied client's slot was not given back");
+}

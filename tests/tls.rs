@@ -509,3 +509,62 @@ fn require_authorized_port_needs_a_client_certificate() {
     t.expect("EHLO client.test", 250);
     assert_eq!(t.send_mail("a@remote.test", "u@example.test", b"hi").code, 250);
 }
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// TLS plus `auth/flat_file` with `alice`; `auth.ini` as given.
+fn tls_and_auth(dir: &Path, auth_ini: &str) {
+    enable_tls(dir);
+    std::fs::write(dir.join("plugins"), "tls\nauth/flat_file\nrcpt_to.in_host_list\n").unwrap();
+    std::fs::write(dir.join("auth_flat_file.ini"), "[users]\nalice=s3cret\n").unwrap();
+    std::fs::write(dir.join("auth.ini"), format!("[main]\nfailure_delay_ms=0\n{auth_ini}")).unwrap();
+}
+
+/// AUTH only under TLS (plaintext exemption off): not offered and refused in clear, offered
+/// and working after STARTTLS; the authenticated client may relay.
+#[test]
+fn auth_is_offered_after_starttls_only() {
+    let srv = start(|d| tls_and_auth(d, "plaintext_private=false\n"));
+    let mut c = srv.client();
+    let caps = c.expect("EHLO client.test", 250);
+    assert!(caps.lines.iter().any(|l| l == "STARTTLS"), "{caps:?}");
+    assert!(!caps.lines.iter().any(|l| l.starts_with("AUTH")), "{caps:?}");
+    let plain = b64(b"\0alice\0s3cret");
+    c.expect(&format!("AUTH PLAIN {plain}"), 538);
+    let mut t = TlsClient::starttls(c, "mx.example.test");
+    let caps = t.expect("EHLO client.test", 250);
+    assert!(
+        caps.lines.iter().any(|l| l.starts_with("AUTH ") && l.contains("PLAIN")),
+        "{caps:?}"
+    );
+    assert!(!caps.lines.iter().any(|l| l == "STARTTLS"), "{caps:?}");
+    t.expect(&format!("AUTH PLAIN {plain}"), 235);
+    let r = t.send_mail(
+        "alice@example.test",
+        "someone@elsewhere.example",
+        b"Subject: out\r\n\r\nrelayed",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    let msg = queued(&srv);
+    assert!(msg.contains(" with ESMTPSA (TLSv1.3 "), "{msg}");
+}
+
+/// Credentials given in clear cannot be wrapped in TLS afterwards: STARTTLS after AUTH is
+/// refused, the session goes on.
+#[test]
+fn starttls_after_auth_is_refused() {
+    let srv = start(|d| tls_and_auth(d, ""));
+    let mut c = srv.client();
+    let caps = c.expect("EHLO client.test", 250);
+    assert!(
+        caps.lines.iter().any(|l| l.starts_with("AUTH ")),
+        "loopback may AUTH in clear: {caps:?}"
+    );
+    c.expect(&format!("AUTH PLAIN {}", b64(b"\0alice\0s3cret")), 235);
+    let r = c.expect("STARTTLS", 503);
+    assert!(r.text().contains("after AUTH"), "{r:?}");
+    c.expect("NOOP", 250);
+}

@@ -936,12 +936,18 @@ impl Session {
             (true, false) => "ESMTP",
             _ => "SMTP",
         };
-        // RFC 3848: ESMTPS for TLS sessions; the protocol and cipher go in a comment.
-        let proto = match (&self.conn.tls_info, self.conn.tls) {
-            (Some(t), _) => format!("{proto}S ({} {})", t.version, t.cipher),
-            (None, true) => format!("{proto}S"),
-            (None, false) => proto.to_string(),
-        };
+        // RFC 3848: S for TLS sessions, A for authenticated clients (ESMTPSA); the TLS
+        // version and cipher go in a comment.
+        let mut proto = proto.to_string();
+        if self.conn.tls {
+            proto.push('S');
+        }
+        if self.conn.auth_user.is_some() {
+            proto.push('A');
+        }
+        if let Some(t) = &self.conn.tls_info {
+            proto = format!("{proto} ({} {})", t.version, t.cipher);
+        }
         format!(
             "Received: from {helo} ({})\r\n\tby {} (posta/{}) with {proto} id {}\r\n\tenvelope-from {};\r\n\t{}\r\n",
             self.conn.remote.display(),
