@@ -26,6 +26,9 @@ pub struct LimitsConfig {
     pub per_ip: usize,
     /// `[max] connection_rate`: new connections per client address per period.
     pub rate: Option<Rate>,
+    /// `[max] connections_exempt`: client addresses the per-address and rate limits skip
+    /// (local submission, health checks; Postfix exempts `$mynetworks` the same way).
+    pub exempt: Vec<ipnet::IpNet>,
 }
 
 impl Default for LimitsConfig {
@@ -34,8 +37,17 @@ impl Default for LimitsConfig {
             total: 0,
             per_ip: 50,
             rate: None,
+            exempt: default_exempt(),
         }
     }
+}
+
+/// The default `[max] connections_exempt`: this host's loopback addresses.
+pub fn default_exempt() -> Vec<ipnet::IpNet> {
+    ["127.0.0.1/32", "::1/128"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 
 /// `count` connections per `period`.
@@ -282,6 +294,9 @@ impl ConnSlot {
         if let Some(old) = self.ip.take() {
             self.limits.release_ip(old);
         }
+        if self.limits.cfg.exempt.iter().any(|n| n.contains(&ip.to_canonical())) {
+            return Ok(());
+        }
         let ip = client_key(ip);
         self.limits.admit_ip(ip, now)?;
         self.limits.maybe_prune(now);
@@ -305,7 +320,12 @@ mod tests {
     }
 
     fn limits(total: usize, per_ip: usize, rate: Option<Rate>) -> Arc<ConnLimits> {
-        ConnLimits::new(LimitsConfig { total, per_ip, rate })
+        ConnLimits::new(LimitsConfig {
+            total,
+            per_ip,
+            rate,
+            exempt: Vec::new(),
+        })
     }
 
     #[test]

@@ -162,14 +162,45 @@ fn a_panicking_session_gives_its_slot_back() {
         },
         reg,
     );
-    let mut c = srv.client();
+    // 127.0.0.7: not in the default exemption (127.0.0.1, ::1).
+    let (stream, greeting) = connect_from(ip("127.0.0.7"), srv.addr());
+    assert_eq!(greeting.map(|r| r.code), Some(220));
+    let (second, r) = connect_from(ip("127.0.0.7"), srv.addr());
+    assert_refused(second, r, "from your address");
+    let mut c = Client {
+        reader: std::io::BufReader::new(stream),
+        greeting: Reply {
+            code: 220,
+            lines: vec![],
+        },
+    };
     c.expect("EHLO client.test", 250);
     c.expect("MAIL FROM:<a@client.test>", 250);
     let r = c.cmd("RCPT TO:<boom@example.test>");
     assert_eq!(r.code, 421, "{r:?}");
     assert!(c.is_closed());
-    let again = connect_until_greeted(ip("127.0.0.1"), srv.addr());
+    let again = connect_until_greeted(ip("127.0.0.7"), srv.addr());
     quit(again);
+}
+
+/// Local clients (127.0.0.1, ::1 by default) skip the per-address limit; an explicit empty
+/// `connections_exempt` counts them too.
+#[test]
+fn loopback_is_exempt_by_default() {
+    let srv = start(|d| std::fs::write(d.join("connection.ini"), "[max]\nconnections_per_ip=1\n").unwrap());
+    let held: Vec<_> = (0..3).map(|_| connect_from(ip("127.0.0.1"), srv.addr())).collect();
+    assert!(held.iter().all(|(_, r)| r.as_ref().is_some_and(|r| r.code == 220)));
+    let srv = start(|d| {
+        std::fs::write(
+            d.join("connection.ini"),
+            "[max]\nconnections_per_ip=1\nconnections_exempt=\n",
+        )
+        .unwrap()
+    });
+    let (_a, r) = connect_from(ip("127.0.0.1"), srv.addr());
+    assert_eq!(r.map(|r| r.code), Some(220));
+    let (s, r) = connect_from(ip("127.0.0.1"), srv.addr());
+    assert_refused(s, r, "from your address");
 }
 
 // ----- slow-client deadlines ------------------------------------------------------------------

@@ -14,10 +14,23 @@ pub fn load_limits(f: &IniFile) -> Result<LimitsConfig, ConfigError> {
         None => d.rate,
         Some(v) => Rate::parse(v).map_err(|p| f.invalid("max", "connection_rate", p))?,
     };
+    let exempt = match f.get("max", "connections_exempt") {
+        None => d.exempt,
+        Some(v) => v
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                crate::plugins::relay::parse_cidr(s)
+                    .ok_or_else(|| f.invalid("max", "connections_exempt", format!("'{s}' is not an address or CIDR")))
+            })
+            .collect::<Result<_, _>>()?,
+    };
     Ok(LimitsConfig {
         total: usize_of(f.u64("max", "connections", d.total as u64)?),
         per_ip: usize_of(f.u64("max", "connections_per_ip", d.per_ip as u64)?),
         rate,
+        exempt,
     })
 }
 
@@ -69,6 +82,14 @@ mod tests {
         let d = load_deadlines(&f).unwrap();
         assert_eq!(d.command, None);
         assert_eq!(d.session, Some(Duration::from_secs(600)));
+        let l = load_limits(&ini("[max]\nconnections_exempt=10.0.0.0/8, 192.0.2.1\n")).unwrap();
+        assert_eq!(l.exempt.len(), 2);
+        assert!(load_limits(&ini("[max]\nconnections_exempt=\n"))
+            .unwrap()
+            .exempt
+            .is_empty());
+        let e = load_limits(&ini("[max]\nconnections_exempt=nowhere\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("[max] connections_exempt"));
         let e = load_limits(&ini("[max]\nconnection_rate=lots\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("[max] connection_rate"));
     }
