@@ -78,6 +78,8 @@ pub struct ActorStats {
     pub started: u64,
     pub stopped: u64,
     pub panics: u64,
+    /// `posta_actor_mailbox_depth`: messages waiting for this kind's handlers.
+    pub mailbox: u64,
 }
 
 /// `posta_queue_items` (absent when the queue manager did not answer in time).
@@ -100,6 +102,8 @@ pub struct Snapshot {
     pub connections_opened: u64,
     pub connections_reused: u64,
     pub queue: Option<QueueItems>,
+    /// `posta_queue_oldest_age_seconds` (with the queue items).
+    pub oldest_age_s: Option<u64>,
 }
 
 /// One sample line: `name{labels} value [timestamp]`.
@@ -139,13 +143,15 @@ impl Snapshot {
                 "posta_actor_started_total"
                 | "posta_actor_stopped_total"
                 | "posta_actor_live"
-                | "posta_actor_panics_total" => {
+                | "posta_actor_panics_total"
+                | "posta_actor_mailbox_depth" => {
                     let Some(kind) = s.label("kind") else { continue };
                     let a = snap.actor(kind);
                     match s.name.as_str() {
                         "posta_actor_started_total" => a.started = v,
                         "posta_actor_stopped_total" => a.stopped = v,
                         "posta_actor_panics_total" => a.panics = v,
+                        "posta_actor_mailbox_depth" => a.mailbox = v,
                         _ => {
                             a.live = v;
                             live_seen.push(kind.to_string());
@@ -162,6 +168,7 @@ impl Snapshot {
                 },
                 "posta_outbound_connections_opened_total" => snap.connections_opened = v,
                 "posta_outbound_connections_reused_total" => snap.connections_reused = v,
+                "posta_queue_oldest_age_seconds" => snap.oldest_age_s = Some(v),
                 "posta_queue_items" => match s.label("state") {
                     Some("waiting") => waiting = Some(v),
                     Some("in_flight") => in_flight = Some(v),
@@ -303,8 +310,8 @@ fn parse_value(raw: &str) -> Option<f64> {
 // ---------------------------------------------------------------------------------------------
 // Tables
 
-/// Rows of the actor table: kind, live, started, stopped, panics.
-pub fn actor_rows(snap: &Snapshot) -> Vec<[String; 5]> {
+/// Rows of the actor table: kind, live, started, stopped, panics, mailbox depth.
+pub fn actor_rows(snap: &Snapshot) -> Vec<[String; 6]> {
     snap.actors
         .iter()
         .map(|a| {
@@ -314,12 +321,13 @@ pub fn actor_rows(snap: &Snapshot) -> Vec<[String; 5]> {
                 a.started.to_string(),
                 a.stopped.to_string(),
                 a.panics.to_string(),
+                a.mailbox.to_string(),
             ]
         })
         .collect()
 }
 
-pub const ACTOR_HEAD: [&str; 5] = ["KIND", "LIVE", "STARTED", "STOPPED", "PANICS"];
+pub const ACTOR_HEAD: [&str; 6] = ["KIND", "LIVE", "STARTED", "STOPPED", "PANICS", "MAILBOX"];
 pub const STAT_HEAD: [&str; 3] = ["METRIC", "TOTAL", "/s"];
 
 /// One line of the second table.
@@ -390,6 +398,12 @@ pub fn stat_rows(cur: &Snapshot, prev: Option<(&Snapshot, Duration)>) -> Vec<Sta
     rows.push(StatRow {
         label: "queue in flight",
         value: cur.queue.map(|q| q.in_flight),
+        rate: None,
+        counter: false,
+    });
+    rows.push(StatRow {
+        label: "queue oldest (s)",
+        value: cur.oldest_age_s,
         rate: None,
         counter: false,
     });
@@ -876,6 +890,7 @@ fn draw(f: &mut ratatui::Frame, state: &LiveState, target: &Target, interval: Du
             Constraint::Length(10),
             Constraint::Length(10),
             Constraint::Length(8),
+            Constraint::Length(8),
         ],
     )
     .header(header(&ACTOR_HEAD))
@@ -923,6 +938,9 @@ posta_actor_live{kind=\"transaction\"} 0
 posta_actor_live{kind=\"queue_manager\"} 1
 # TYPE posta_actor_panics_total counter
 posta_actor_panics_total{kind=\"queue_file\"} 4
+# TYPE posta_actor_mailbox_depth gauge
+posta_actor_mailbox_depth{kind=\"connection\"} 0
+posta_actor_mailbox_depth{kind=\"transaction\"} 3
 # TYPE posta_messages_queued_total counter
 posta_messages_queued_total 2
 # TYPE posta_commit_errors_total counter
@@ -937,6 +955,8 @@ posta_outbound_connections_reused_total 6
 # TYPE posta_queue_items gauge
 posta_queue_items{state=\"waiting\"} 4
 posta_queue_items{state=\"in_flight\"} 1
+# TYPE posta_queue_oldest_age_seconds gauge
+posta_queue_oldest_age_seconds 90
 ";
 
     #[test]
@@ -951,10 +971,13 @@ posta_queue_items{state=\"in_flight\"} 1
                 live: 1,
                 started: 3,
                 stopped: 2,
-                panics: 0
+                panics: 0,
+                mailbox: 0,
             }
         );
         assert_eq!(s.actors[3].panics, 4);
+        assert_eq!(s.actors[1].mailbox, 3);
+        assert_eq!(s.oldest_age_s, Some(90));
         // No posta_actor_live sample: started minus stopped.
         assert_eq!(s.actors[5].live, 1);
         assert_eq!(s.messages_queued, 2);
@@ -1067,11 +1090,13 @@ posta_queue_items{state=\"in_flight\"} 1
         let text = render_text("127.0.0.1:9225", &s, None);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "posta top: http://127.0.0.1:9225/metrics");
-        assert_eq!(lines[2], "KIND           LIVE  STARTED  STOPPED  PANICS");
-        assert_eq!(lines[3], "connection        1        3        2       0");
-        assert_eq!(lines[6], "queue_file        0        0        0       4");
+        assert_eq!(lines[2], "KIND           LIVE  STARTED  STOPPED  PANICS  MAILBOX");
+        assert_eq!(lines[3], "connection        1        3        2       0        0");
+        assert_eq!(lines[4], "transaction       0        2        2       0        3");
+        assert_eq!(lines[6], "queue_file        0        0        0       4        0");
         assert!(text.contains("\nmessages queued            2   -\n"), "{text}");
         assert!(text.contains("\nqueue in flight            1\n"), "{text}");
+        assert!(text.contains("\nqueue oldest (s)          90\n"), "{text}");
         assert!(text.ends_with('\n'));
     }
 
@@ -1112,7 +1137,7 @@ posta_queue_items{state=\"in_flight\"} 1
                 .map(str::to_string)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(row("queue_file"), ["queue_file", "0", "0", "0", "4"], "{screen}");
+        assert_eq!(row("queue_file"), ["queue_file", "0", "0", "0", "4", "0"], "{screen}");
         assert_eq!(row("messages queued"), ["messages", "queued", "12", "5.0"], "{screen}");
         assert_eq!(row("queue waiting"), ["queue", "waiting", "4"], "{screen}");
         assert!(lines[29].starts_with("q or Ctrl-C: quit"), "{screen}");

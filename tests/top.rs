@@ -59,16 +59,16 @@ fn once_shows_actors_and_queued_messages() {
         .expect("actor table header");
     assert_eq!(
         header.split_whitespace().collect::<Vec<_>>(),
-        ["KIND", "LIVE", "STARTED", "STOPPED", "PANICS"]
+        ["KIND", "LIVE", "STARTED", "STOPPED", "PANICS", "MAILBOX"]
     );
     // Counters are process-wide, and other tests of this binary may add to them: at least.
     // (live, started and stopped are read at slightly different times: no equation between them.)
-    let [_live, started, _stopped, panics] = row(&stdout, "connection")[..] else {
+    let [_live, started, _stopped, panics, mailbox] = row(&stdout, "connection")[..] else {
         panic!("{stdout}")
     };
-    assert!(started >= 1 && panics == 0, "{stdout}");
+    assert!(started >= 1 && panics == 0 && mailbox == 0, "{stdout}");
     for kind in ["transaction", "queue_manager", "queue_file", "remote_mx", "resolver"] {
-        assert_eq!(row(&stdout, kind).len(), 4, "{kind}: {stdout}");
+        assert_eq!(row(&stdout, kind).len(), 5, "{kind}: {stdout}");
     }
     assert!(row(&stdout, "messages queued")[0] >= 1, "{stdout}");
     // Delivery is disabled in the test config: the message waits in the queue.
@@ -81,6 +81,7 @@ fn once_shows_actors_and_queued_messages() {
         "outbound conns opened",
         "outbound conns reused",
         "queue in flight",
+        "queue oldest (s)",
     ] {
         assert_eq!(row(&stdout, label).len(), 1, "{label}: {stdout}");
     }
@@ -110,7 +111,7 @@ fn once_reads_the_config_dir() {
         stdout.starts_with(&format!("posta top: http://127.0.0.1:{port}/metrics\n")),
         "{stdout}"
     );
-    assert_eq!(row(&stdout, "connection").len(), 4, "{stdout}");
+    assert_eq!(row(&stdout, "connection").len(), 5, "{stdout}");
 }
 
 #[test]
