@@ -403,3 +403,37 @@ fn per_address_limit_counts_the_proxied_client() {
     });
     assert!(ok, "the proxied client's slot was not given back");
 }
+
+/// A port in `[haproxy] required_ports` takes connections from listed proxies only: a direct
+/// client is refused before the banner; the proxy gets in.
+#[test]
+fn required_ports_refuse_direct_clients() {
+    let port = common::process::free_port();
+    let srv = start(|d| {
+        std::fs::write(
+            d.join("smtp.ini"),
+            format!("[main]\nlisten=127.0.0.1:{port}\nnodes=1\ninactivity_timeout=30\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("connection.ini"),
+            format!("[haproxy]\nhosts[]=127.0.0.9\ntimeout=5\nrequired_ports={port}\n"),
+        )
+        .unwrap();
+    });
+    // 127.0.0.1 is not the listed proxy.
+    let c = srv.client();
+    assert_eq!(c.greeting.code, 421, "{:?}", c.greeting);
+    assert!(c.greeting.text().contains("through the proxy only"), "{:?}", c.greeting);
+    // The proxy (127.0.0.9) with its header gets the banner.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 9], 0)).into())
+        .unwrap();
+    sock.connect(&srv.addr().into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"PROXY TCP4 192.0.2.20 198.51.100.1 40000 25\r\n").unwrap();
+    let mut reader = BufReader::new(s);
+    let greeting = read_reply(&mut reader).expect("banner");
+    assert_eq!(greeting.code, 220, "{greeting:?}");
+}

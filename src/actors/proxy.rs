@@ -26,7 +26,12 @@ pub async fn accept(stream: &mut TcpStream, session: &mut Session) -> bool {
     let peer = session.conn().remote.ip;
     let cfg = &session.config().proxy;
     if !cfg.trusts(peer) {
-        return true;
+        if !cfg.required_ports.contains(&session.conn().local.port()) {
+            return true;
+        }
+        tracing::warn!(peer = %peer, port = session.conn().local.port(), "not a listed proxy on a PROXY-only port, refused");
+        refuse(stream, proxy::required_reply(), cfg.timeout).await;
+        return false;
     }
     let wait = cfg.timeout;
     match tokio::time::timeout(wait, read_header(stream)).await {

@@ -358,9 +358,22 @@ fn load_proxy(f: &IniFile) -> Result<ProxyConfig, ConfigError> {
     if timeout == 0 {
         return Err(f.invalid("haproxy", "timeout", "must be at least 1 second"));
     }
+    let required_ports = match f.get("haproxy", "required_ports") {
+        None => Vec::new(),
+        Some(v) => v
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<u16>()
+                    .map_err(|_| f.invalid("haproxy", "required_ports", format!("'{p}' is not a port")))
+            })
+            .collect::<Result<Vec<u16>, ConfigError>>()?,
+    };
     Ok(ProxyConfig {
         hosts,
         timeout: Duration::from_secs(timeout),
+        required_ports,
     })
 }
 

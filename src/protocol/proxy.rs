@@ -27,6 +27,9 @@ pub struct ProxyConfig {
     pub hosts: Vec<IpNet>,
     /// `timeout`: how long a listed host has to send its header.
     pub timeout: Duration,
+    /// `required_ports`: local ports that only listed proxies may use (a listener meant for
+    /// the load balancer); anyone else is refused before the banner.
+    pub required_ports: Vec<u16>,
 }
 
 impl Default for ProxyConfig {
@@ -34,6 +37,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             hosts: Vec::new(),
             timeout: Duration::from_secs(30),
+            required_ports: Vec::new(),
         }
     }
 }
@@ -105,6 +109,11 @@ impl ProxyError {
 /// The reply when a listed proxy sent no header in time.
 pub fn timeout_reply() -> Reply {
     Reply::ext(421, (4, 4, 2), "PROXY timeout")
+}
+
+/// The reply on a `required_ports` listener to a peer that is not a listed proxy.
+pub fn required_reply() -> Reply {
+    Reply::ext(421, (4, 7, 0), "This port accepts connections through the proxy only")
 }
 
 /// The reply when a peer that is not a listed proxy sends a PROXY header (Haraka's text).
