@@ -139,7 +139,8 @@ const PRUNE_AT: usize = 4096;
 /// The shared counters. One per daemon.
 #[derive(Debug)]
 pub struct ConnLimits {
-    cfg: LimitsConfig,
+    /// Swapped as a whole on reload; the counters stay.
+    cfg: std::sync::RwLock<Arc<LimitsConfig>>,
     total: AtomicUsize,
     per_ip: DashMap<IpAddr, PerIp>,
     /// Map size that triggers the next prune (grows with the map so pruning stays rare).
@@ -149,15 +150,23 @@ pub struct ConnLimits {
 impl ConnLimits {
     pub fn new(cfg: LimitsConfig) -> Arc<Self> {
         Arc::new(ConnLimits {
-            cfg,
+            cfg: std::sync::RwLock::new(Arc::new(cfg)),
             total: AtomicUsize::new(0),
             per_ip: DashMap::new(),
             prune_at: AtomicUsize::new(PRUNE_AT),
         })
     }
 
-    pub fn config(&self) -> &LimitsConfig {
-        &self.cfg
+    /// The limits now.
+    pub fn config(&self) -> Arc<LimitsConfig> {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// New limits (reload): they apply to connections admitted from now on; the sessions
+    /// already counted stay counted. A limit that was off did not track addresses, so the
+    /// per-address count starts from the connections admitted after the change.
+    pub fn set_config(&self, cfg: LimitsConfig) {
+        *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
     }
 
     /// Sessions open now.
@@ -182,7 +191,8 @@ impl ConnLimits {
     /// yet (it comes from a PROXY header or XCLIENT): call [`ConnSlot::attach_ip`] once it is.
     pub fn admit_total(self: &Arc<Self>) -> Result<ConnSlot, Refusal> {
         let total = self.total.fetch_add(1, Ordering::AcqRel);
-        if self.cfg.total > 0 && total >= self.cfg.total {
+        let max = self.config().total;
+        if max > 0 && total >= max {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Total);
         }
@@ -194,20 +204,22 @@ impl ConnLimits {
 
     /// True when per-address state is kept (a per-address or rate limit is on).
     fn tracks_ips(&self) -> bool {
-        self.cfg.per_ip > 0 || self.cfg.rate.is_some()
+        let cfg = self.config();
+        cfg.per_ip > 0 || cfg.rate.is_some()
     }
 
     /// The per-address checks, under that address's map entry only.
     fn admit_ip(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        let cfg = self.config();
         let mut e = self.per_ip.entry(ip).or_insert_with(|| PerIp {
             live: 0,
             window_start: now,
             window_count: 0,
         });
-        if self.cfg.per_ip > 0 && e.live >= self.cfg.per_ip {
+        if cfg.per_ip > 0 && e.live >= cfg.per_ip {
             return Err(Refusal::PerIp);
         }
-        if let Some(rate) = self.cfg.rate {
+        if let Some(rate) = cfg.rate {
             if now.saturating_duration_since(e.window_start) >= rate.period {
                 e.window_start = now;
                 e.window_count = 0;
@@ -229,7 +241,7 @@ impl ConnLimits {
     }
 
     fn release_ip(&self, ip: IpAddr) {
-        let rate = self.cfg.rate.is_some();
+        let rate = self.config().rate.is_some();
         // Without a rate window there is nothing to remember about an address with no session.
         self.per_ip.remove_if_mut(&ip, |_, e| {
             e.live = e.live.saturating_sub(1);
@@ -243,7 +255,7 @@ impl ConnLimits {
         if self.per_ip.len() < limit {
             return;
         }
-        let period = self.cfg.rate.map(|r| r.period).unwrap_or_default();
+        let period = self.config().rate.map(|r| r.period).unwrap_or_default();
         self.per_ip
             .retain(|_, e| e.live > 0 || now.saturating_duration_since(e.window_start) < period);
         let next = (self.per_ip.len() * 2).max(PRUNE_AT);
@@ -294,7 +306,13 @@ impl ConnSlot {
         if let Some(old) = self.ip.take() {
             self.limits.release_ip(old);
         }
-        if self.limits.cfg.exempt.iter().any(|n| n.contains(&ip.to_canonical())) {
+        if self
+            .limits
+            .config()
+            .exempt
+            .iter()
+            .any(|n| n.contains(&ip.to_canonical()))
+        {
             return Ok(());
         }
         let ip = client_key(ip);

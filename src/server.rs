@@ -64,7 +64,7 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
         reload: std::sync::OnceLock::new(),
         tls: std::sync::RwLock::new(tls),
         limits: crate::limits::ConnLimits::new(cfg.limits.clone()),
-        deadlines: cfg.deadlines.clone(),
+        deadlines: std::sync::RwLock::new(cfg.deadlines.clone()),
     });
     let nodes = cfg.smtp.nodes.max(1);
     let mut sockets: Vec<Vec<(std::net::TcpListener, bool)>> = (0..nodes).map(|_| Vec::new()).collect();
@@ -480,6 +480,9 @@ impl Reloader {
         shared.replace(chain, session);
         // Certificates are read again: renewed ones apply to new sessions.
         shared.replace_tls(tls);
+        // Connection limits apply to connections admitted from now on (the counts stay).
+        shared.limits.set_config(cfg.limits.clone());
+        *shared.deadlines.write().unwrap_or_else(|p| p.into_inner()) = cfg.deadlines.clone();
         let outbound = self.reload_outbound(shared, &cfg);
         let restart = self.restart_needed(&cfg);
         for what in &restart {
@@ -516,9 +519,6 @@ impl Reloader {
         }
         if old.smtp.inactivity_timeout != new.smtp.inactivity_timeout {
             v.push("smtp.ini [main] inactivity_timeout");
-        }
-        if old.limits != new.limits || old.deadlines != new.deadlines {
-            v.push("connection.ini [max] connections, connections_per_ip, connection_rate and [deadline]");
         }
         if old.queue_dir != new.queue_dir {
             v.push("queue_dir");

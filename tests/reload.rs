@@ -208,3 +208,33 @@ fn posta_reload(cfg: &std::path::Path) -> (bool, String) {
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
+
+/// Connection limits and deadlines apply on reload to connections made afterwards; the
+/// connections already open stay counted.
+#[test]
+fn reload_applies_connection_limits() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = root.path().join("config");
+    write_default_config(&cfg);
+    let d = spawn_logged(&cfg, free_port(), &root.path().join("posta.log"));
+    assert!(
+        eventually(|| cfg.join("../queue/.control").exists()),
+        "no control socket"
+    );
+    let greet = || Client::connect(d.addr).greeting.code;
+    let held = Client::connect(d.addr);
+    assert_eq!(greet(), 220, "loopback is exempt by default");
+    std::fs::write(
+        cfg.join("connection.ini"),
+        "[max]\nconnections_per_ip=1\nconnections_exempt=\n",
+    )
+    .unwrap();
+    let (ok, text) = posta_reload(&cfg);
+    assert!(ok && !text.contains("restart"), "{text}");
+    // The connection admitted before the change was not counted per address: the first new
+    // one gets in and fills the one slot, the next is refused.
+    let first = Client::connect(d.addr);
+    assert_eq!(first.greeting.code, 220);
+    assert_eq!(greet(), 421, "the new per-address limit was not applied");
+    drop((held, first));
+}

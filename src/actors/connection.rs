@@ -51,8 +51,9 @@ pub struct Shared {
     pub tls: std::sync::RwLock<Option<InboundTls>>,
     /// Connection limits, checked by the listener (`connection.ini [max] connections*`).
     pub limits: Arc<crate::limits::ConnLimits>,
-    /// Slow-client deadlines (`connection.ini [deadline]`).
-    pub deadlines: DeadlineConfig,
+    /// Slow-client deadlines (`connection.ini [deadline]`), swapped on reload; a connection
+    /// keeps the ones it started with.
+    pub deadlines: std::sync::RwLock<DeadlineConfig>,
 }
 
 impl Shared {
@@ -98,12 +99,13 @@ impl ConnectionActor {
         let tls = shared.tls();
         let session = Session::new(cfg, conn);
         let started = std::time::Instant::now();
+        let deadline_cfg = shared.deadlines.read().unwrap_or_else(|p| p.into_inner()).clone();
         ConnectionActor {
             driver: Some(Driver {
                 stream: Stream::Plain(stream),
                 session,
                 chain,
-                deadlines: Deadlines::new(shared.deadlines.clone(), started),
+                deadlines: Deadlines::new(deadline_cfg, started),
                 shared,
                 tls,
                 implicit_tls,
