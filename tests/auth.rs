@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -264,21 +263,7 @@ fn auth_proxy_unreachable_is_454() {
 
 /// Start the real binary at debug level with stderr captured.
 fn spawn_logged(dir: &Path, port: u16) -> (std::process::Child, std::thread::JoinHandle<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_posta"))
-        .args(["run", "-c"])
-        .arg(dir)
-        .env("POSTA_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn posta");
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let (child, reader) = common::process::spawn_captured("run", dir, Some("debug"));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {

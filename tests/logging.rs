@@ -1,9 +1,10 @@
 //! `log.ini` end to end: the real binary, its stderr, without `POSTA_LOG`.
 
-use std::io::Read;
+mod common;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,22 +29,7 @@ fn config_dir(port: u16, log_ini: &str) -> tempfile::TempDir {
 
 /// `posta <cmd> -c <cfg>` without `POSTA_LOG`, stderr captured by a reader thread.
 fn spawn(cmd: &str, cfg: &Path) -> (Child, JoinHandle<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_posta"))
-        .args([cmd, "-c"])
-        .arg(cfg)
-        .env_remove("POSTA_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn posta");
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    (child, reader)
+    common::process::spawn_captured(cmd, cfg, None)
 }
 
 /// Wait (bounded) for the child to exit; kill it if it does not.

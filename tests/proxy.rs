@@ -300,8 +300,6 @@ fn haproxy_send_proxy_v2() {
 /// from the header; a refused header is logged with the proxy's address and the reason.
 #[test]
 fn logs_name_the_client_and_refusals() {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
     let root = tempfile::tempdir().unwrap();
     let cfg = root.path().join("config");
     write_default_config(&cfg);
@@ -314,21 +312,7 @@ fn logs_name_the_client_and_refusals() {
         format!("[main]\nlisten=127.0.0.1:{port}\nnodes=1\n"),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_posta"))
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .env("POSTA_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn posta");
-    let mut stderr = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let (mut child, log) = process::spawn_captured("run", &cfg, Some("info"));
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut first = None;
     for _ in 0..400 {

@@ -95,6 +95,49 @@ impl IniFile {
             .unwrap_or_default()
     }
 
+    /// A comma-separated value, split and trimmed (empty items dropped); `None` when the key
+    /// is absent, `Some(empty)` for an empty value.
+    fn items(&self, section: &str, key: &str) -> Option<Vec<String>> {
+        self.get(section, key).map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+    }
+
+    /// A comma-separated list of ports (`587, 465`); `None` when the key is absent.
+    pub fn ports(&self, section: &str, key: &str) -> Result<Option<Vec<u16>>, ConfigError> {
+        let Some(items) = self.items(section, key) else {
+            return Ok(None);
+        };
+        items
+            .iter()
+            .map(|p| {
+                p.parse::<u16>()
+                    .map_err(|_| self.invalid(section, key, format!("'{p}' is not a port")))
+            })
+            .collect::<Result<Vec<u16>, ConfigError>>()
+            .map(Some)
+    }
+
+    /// A comma-separated list of addresses or CIDRs ([`super::parse_net`]); `None` when the
+    /// key is absent.
+    pub fn nets(&self, section: &str, key: &str) -> Result<Option<Vec<ipnet::IpNet>>, ConfigError> {
+        let Some(items) = self.items(section, key) else {
+            return Ok(None);
+        };
+        items
+            .iter()
+            .map(|s| {
+                super::parse_net(s)
+                    .ok_or_else(|| self.invalid(section, key, format!("'{s}' is not an address or CIDR")))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()
+            .map(Some)
+    }
+
     /// Every section name (lower-cased).
     pub fn sections(&self) -> Vec<String> {
         let mut v: Vec<String> = self.sections.keys().cloned().collect();

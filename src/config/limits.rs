@@ -14,18 +14,7 @@ pub fn load_limits(f: &IniFile) -> Result<LimitsConfig, ConfigError> {
         None => d.rate,
         Some(v) => Rate::parse(v).map_err(|p| f.invalid("max", "connection_rate", p))?,
     };
-    let exempt = match f.get("max", "connections_exempt") {
-        None => d.exempt,
-        Some(v) => v
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                crate::plugins::relay::parse_cidr(s)
-                    .ok_or_else(|| f.invalid("max", "connections_exempt", format!("'{s}' is not an address or CIDR")))
-            })
-            .collect::<Result<_, _>>()?,
-    };
+    let exempt = f.nets("max", "connections_exempt")?.unwrap_or(d.exempt);
     Ok(LimitsConfig {
         total: usize_of(f.u64("max", "connections", d.total as u64)?),
         per_ip: usize_of(f.u64("max", "connections_per_ip", d.per_ip as u64)?),

@@ -315,18 +315,9 @@ fn load_session(f: &IniFile, me: &str) -> Result<SessionConfig, ConfigError> {
 /// `auth.ini`: when SMTP AUTH is offered and how failures are slowed down (docs/auth.md).
 fn load_auth(f: &IniFile) -> Result<AuthSettings, ConfigError> {
     let d = AuthSettings::default();
-    let ports = match f.get("main", "submission_ports") {
-        None => d.submission_ports.clone(),
-        Some(v) => v
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                p.parse::<u16>()
-                    .map_err(|_| f.invalid("main", "submission_ports", format!("'{p}' is not a port")))
-            })
-            .collect::<Result<Vec<u16>, ConfigError>>()?,
-    };
+    let ports = f
+        .ports("main", "submission_ports")?
+        .unwrap_or_else(|| d.submission_ports.clone());
     let ms = |key: &str, def: Duration| -> Result<Duration, ConfigError> {
         Ok(Duration::from_millis(f.u64("main", key, def.as_millis() as u64)?))
     };
@@ -358,18 +349,7 @@ fn load_proxy(f: &IniFile) -> Result<ProxyConfig, ConfigError> {
     if timeout == 0 {
         return Err(f.invalid("haproxy", "timeout", "must be at least 1 second"));
     }
-    let required_ports = match f.get("haproxy", "required_ports") {
-        None => Vec::new(),
-        Some(v) => v
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                p.parse::<u16>()
-                    .map_err(|_| f.invalid("haproxy", "required_ports", format!("'{p}' is not a port")))
-            })
-            .collect::<Result<Vec<u16>, ConfigError>>()?,
-    };
+    let required_ports = f.ports("haproxy", "required_ports")?.unwrap_or_default();
     Ok(ProxyConfig {
         hosts,
         timeout: Duration::from_secs(timeout),
@@ -394,7 +374,8 @@ fn load_xclient_hosts(dir: &Path, plugins: &[String]) -> Result<Option<Vec<IpNet
 
 /// `192.0.2.0/24`, `2001:db8::/64`, or a bare address: exactly that address (/32 or /128;
 /// Haraka widens a bare IPv6 proxy address to /64, posta does not).
-fn parse_net(s: &str) -> Option<IpNet> {
+/// `10.0.0.0/8`, `::1/128`, or a bare address (a /32 or /128); host bits are cleared.
+pub fn parse_net(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))

@@ -44,7 +44,7 @@ impl Relay {
         let mut acl = Vec::new();
         if ini.bool("main", "acl", true)? {
             for line in cfg.list("relay_acl_allow")? {
-                acl.push(parse_cidr(&line).ok_or_else(|| {
+                acl.push(crate::config::parse_net(&line).ok_or_else(|| {
                     ConfigError::new("relay_acl_allow", None, format!("'{line}' is not an address or CIDR"))
                 })?);
             }
@@ -116,13 +116,6 @@ pub fn parse_dest_action(raw: &str) -> Result<DestAction, String> {
         Some(other) => Err(format!("action '{other}' is not accept, continue or deny")),
         None => Err(format!("'{raw}' has no \"action\"")),
     }
-}
-
-/// `10.0.0.0/8`, `::1/128`, or a bare address (a /32 or /128).
-pub fn parse_cidr(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
 impl Plugin for Relay {

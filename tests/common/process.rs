@@ -65,3 +65,26 @@ pub fn spawn_daemon(cfg_dir: &Path, port: u16) -> Daemon {
     }
     Daemon { child, addr }
 }
+
+/// `posta <cmd> -c <cfg>` with `POSTA_LOG` set to `log` (`None`: unset, so `log.ini` decides),
+/// stderr collected by a thread whose result is the whole log once the child has exited.
+pub fn spawn_captured(cmd: &str, cfg: &Path, log: Option<&str>) -> (Child, std::thread::JoinHandle<String>) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_posta"));
+    c.args([cmd, "-c"])
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    match log {
+        Some(level) => c.env("POSTA_LOG", level),
+        None => c.env_remove("POSTA_LOG"),
+    };
+    let mut child = c.spawn().expect("spawn posta");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    (child, reader)
+}
