@@ -425,18 +425,24 @@ impl Handler<Lookup> for QueueManager {
     }
 }
 
-impl Handler<Control> for QueueManager {
-    type Result = Vec<IdResult>;
-    fn handle(&mut self, msg: Control, ctx: &mut Self::Context) -> Vec<IdResult> {
+impl QueueManager {
+    /// Apply `f` to each id (an operator's request), log each outcome under `op`, then start
+    /// whatever became due.
+    fn each_id(
+        &mut self,
+        ctx: &mut Context<Self>,
+        op: &str,
+        ids: &[String],
+        mut f: impl FnMut(&mut Self, &str, u64) -> Result<String, String>,
+    ) -> Vec<IdResult> {
         let now = now_ms();
-        let out = msg
-            .ids
+        let out = ids
             .iter()
             .map(|id| {
-                let r = self.control_one(msg.op, id, now);
+                let r = f(self, id, now);
                 match &r {
-                    Ok(line) => tracing::info!(op = ?msg.op, item = %id, "{line}"),
-                    Err(e) => tracing::info!(op = ?msg.op, item = %id, error = %e, "refused"),
+                    Ok(line) => tracing::info!(op, item = %id, "{line}"),
+                    Err(e) => tracing::info!(op, item = %id, error = %e, "refused"),
                 }
                 IdResult::new(id, r)
             })
@@ -446,24 +452,21 @@ impl Handler<Control> for QueueManager {
     }
 }
 
+impl Handler<Control> for QueueManager {
+    type Result = Vec<IdResult>;
+    fn handle(&mut self, msg: Control, ctx: &mut Self::Context) -> Vec<IdResult> {
+        let name = format!("{:?}", msg.op).to_lowercase();
+        self.each_id(ctx, &name, &msg.ids, |qm, id, now| qm.control_one(msg.op, id, now))
+    }
+}
+
 impl Handler<BounceItems> for QueueManager {
     type Result = Vec<IdResult>;
     fn handle(&mut self, msg: BounceItems, ctx: &mut Self::Context) -> Vec<IdResult> {
-        let now = now_ms();
-        let out = msg
-            .ids
-            .iter()
-            .map(|id| {
-                let r = self.bounce_one(id, &msg.reason, now);
-                match &r {
-                    Ok(line) => tracing::info!(item = %id, reason = %msg.reason, "{line}"),
-                    Err(e) => tracing::info!(item = %id, error = %e, "bounce refused"),
-                }
-                IdResult::new(id, r)
-            })
-            .collect();
-        self.pump(ctx);
-        out
+        tracing::info!(items = msg.ids.len(), reason = %msg.reason, "bounce requested");
+        self.each_id(ctx, "bounce", &msg.ids, |qm, id, now| {
+            qm.bounce_one(id, &msg.reason, now)
+        })
     }
 }
 
