@@ -217,3 +217,36 @@ fn behind_a_proxy_the_proxied_client_is_checked() {
     let banner = xclient(&mut c, "ADDR=192.0.2.7").text();
     assert_eq!(field(&banner, "remote"), "192.0.2.7");
 }
+
+/// The per-address connection limit follows XCLIENT: the connection is counted under the
+/// client it names, so a second session named as the same client is refused.
+#[test]
+fn connection_limits_count_the_named_client() {
+    let srv = start_with(
+        |dir: &Path| {
+            config("127.0.0.1\n")(dir);
+            std::fs::write(
+                dir.join("connection.ini"),
+                "[max]\nconnections_per_ip=1\nconnections_exempt=\n",
+            )
+            .unwrap();
+        },
+        registry(),
+    );
+    let mut first = srv.client();
+    first.expect("EHLO proxy.example", 250);
+    xclient(&mut first, "ADDR=192.0.2.50");
+    // 127.0.0.1's place was given back when the first session became 192.0.2.50.
+    let mut second = srv.client();
+    assert_eq!(second.greeting.code, 220, "{:?}", second.greeting);
+    second.expect("EHLO proxy.example", 250);
+    let r = second.cmd("XCLIENT ADDR=192.0.2.50");
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text().contains("from your address"), "{r:?}");
+    assert!(second.is_closed());
+    // Another client through the same proxy is fine.
+    let mut third = srv.client();
+    third.expect("EHLO proxy.example", 250);
+    xclient(&mut third, "ADDR=192.0.2.51");
+    first.expect("NOOP", 250);
+}

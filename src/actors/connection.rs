@@ -114,6 +114,7 @@ impl ConnectionActor {
                 started,
                 txn_log: None,
                 slot: None,
+                client_ip: None,
             }),
         }
     }
@@ -223,6 +224,8 @@ struct Driver {
     /// dropped: at the end of the session, or when a panic ends it. A PROXY/XCLIENT client
     /// address is counted with `slot.attach_ip`.
     slot: Option<ConnSlot>,
+    /// The client the slot counts (XCLIENT may name another one).
+    client_ip: Option<std::net::IpAddr>,
 }
 
 impl Driver {
@@ -238,6 +241,7 @@ impl Driver {
         if !self.attach_slot().await {
             return;
         }
+        self.client_ip = Some(ip);
         if self.implicit_tls {
             match self.handshake().await {
                 Ok(info) => self.session.tls_started(info),
@@ -264,6 +268,7 @@ impl Driver {
                 Action::Pause(d) => tokio::time::sleep(d).await,
             }
             TxnLog::track(&mut self.txn_log, self.session.txn());
+            self.follow_client();
         }
     }
 
@@ -284,6 +289,24 @@ impl Driver {
         }
         self.stream.shutdown().await;
         false
+    }
+
+    /// XCLIENT named another client: count the connection under that address from now on
+    /// (a limit it exceeds ends the session with the limit's `421`).
+    fn follow_client(&mut self) {
+        let ip = self.session.conn().remote.ip;
+        if self.client_ip == Some(ip) {
+            return;
+        }
+        self.client_ip = Some(ip);
+        let Some(slot) = self.slot.as_mut() else {
+            return;
+        };
+        if let Err(r) = slot.attach_ip(ip) {
+            metrics().limits.refused(r);
+            tracing::info!(client = %ip, limit = r.label(), "connection refused by a limit (client named by XCLIENT)");
+            self.session.refuse_and_close(r.reply());
+        }
     }
 
     /// Run the plugin chain; false when a plugin panicked (the connection is then closed).

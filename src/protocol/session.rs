@@ -359,6 +359,13 @@ impl Session {
         }
     }
 
+    /// The driver refuses the session (a connection limit reached by the client XCLIENT
+    /// named): `line` is the complete reply line; then close.
+    pub fn refuse_and_close(&mut self, line: &[u8]) {
+        self.out.extend_from_slice(line);
+        self.close();
+    }
+
     /// The client was idle for too long.
     pub fn timed_out(&mut self) {
         let text = format!("{} timeout, closing connection", self.cfg.me);
