@@ -335,3 +335,36 @@ fn secrets_never_logged() {
         }
     }
 }
+
+/// A SASL response line is timed like a command line: a client trickling its password is
+/// cut at `[deadline] command`, not kept for hours by the inactivity timeout.
+#[test]
+fn a_trickled_sasl_line_meets_the_command_deadline() {
+    let srv = start(|d| {
+        auth_config(d, "");
+        std::fs::write(d.join("connection.ini"), "[deadline]\ncommand=1\n").unwrap();
+    });
+    let (mut c, _) = ehlo(&srv);
+    c.send(b"AUTH LOGIN\r\n");
+    assert_eq!(c.reply().map(|r| r.code), Some(334));
+    // One byte of the user name every 200 ms, bounded; the deadline ends it first.
+    let mut cut = None;
+    for b in b"YWxpY2VhbGljZWFsaWNlYWxpY2VhbGljZWFsaWNlYWxpY2U".iter() {
+        if std::io::Write::write_all(c.reader.get_mut(), &[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        c.reader.get_ref().set_nonblocking(true).unwrap();
+        let waiting = std::io::BufRead::fill_buf(&mut c.reader)
+            .map(|b| !b.is_empty())
+            .unwrap_or(false);
+        c.reader.get_ref().set_nonblocking(false).unwrap();
+        if waiting {
+            cut = c.reply();
+            break;
+        }
+    }
+    let r = cut.expect("no reply while trickling: the deadline did not apply");
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text().contains("4.4.2"), "{r:?}");
+}

@@ -497,6 +497,14 @@ fn require_authorized_port_needs_a_client_certificate() {
         let _ = t.reader.get_mut().write_all(b"EHLO client.test\r\n");
         assert!(t.reply().is_none(), "served without a client certificate");
     }
+    // Without STARTTLS at all on the strict port: no mail, no AUTH.
+    let mut c = Client::connect(strict);
+    c.expect("EHLO client.test", 250);
+    let r = c.expect("MAIL FROM:<a@remote.test>", 530);
+    assert!(
+        r.text().starts_with("5.7.0 Must issue a STARTTLS command first"),
+        "{r:?}"
+    );
     // Without one on the other port: fine.
     let mut c = Client::connect(open);
     c.expect("EHLO client.test", 250);
@@ -567,4 +575,50 @@ fn starttls_after_auth_is_refused() {
     let r = c.expect("STARTTLS", 503);
     assert!(r.text().contains("after AUTH"), "{r:?}");
     c.expect("NOOP", 250);
+}
+
+/// A TLS client that floods commands and never reads its replies: the flush times out, and
+/// closing (TLS close_notify, which the peer never takes) is bounded too, so the connection
+/// and its limit slot are given back.
+#[test]
+fn a_tls_client_that_never_reads_gives_its_slot_back() {
+    let s = start(|d| {
+        enable_tls(d);
+        std::fs::write(
+            d.join("smtp.ini"),
+            "[main]\nlisten=127.0.0.1:0\nnodes=1\ninactivity_timeout=1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("connection.ini"),
+            "[max]\nconnections_per_ip=1\nconnections_exempt=\nerrors=0\n",
+        )
+        .unwrap();
+    });
+    let mut c = s.client();
+    c.expect("EHLO client.test", 250);
+    let mut t = TlsClient::starttls(c, "mx.example.test");
+    t.expect("EHLO client.test", 250);
+    // Write (in another thread: our writes stop once the server stops reading) a few MB of
+    // replies' worth of commands, and read nothing.
+    let tcp = t.reader.get_ref().sock.try_clone().unwrap();
+    tcp.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let flood = std::thread::spawn(move || {
+        // About 200 bytes of reply per EHLO: some 20 MB, more than the socket buffers hold.
+        let batch = "EHLO client.test\r\n".repeat(1000);
+        for _ in 0..100 {
+            if std::io::Write::write_all(t.reader.get_mut(), batch.as_bytes()).is_err() {
+                break;
+            }
+        }
+        t
+    });
+    // The slot is taken while the flood is stuck; it must come free (bounded wait).
+    let freed = (0..400).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        s.client().greeting.code == 220
+    });
+    assert!(freed, "the stuck TLS connection kept its limit slot");
+    drop(tcp);
+    let _ = flood.join();
 }

@@ -158,6 +158,9 @@ impl Actor for ConnectionActor {
     }
 }
 
+/// How long closing a connection may wait for the peer (TLS close_notify).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
 thread_local! {
     /// One read buffer per worker thread: an idle connection holds no buffer of its own.
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
@@ -186,12 +189,18 @@ impl Stream {
         }
     }
 
+    /// Close our side. Bounded: a TLS close_notify waits for the peer to take the bytes
+    /// still queued, and a peer that never reads must not keep the connection (and its limit
+    /// slot) forever.
     async fn shutdown(&mut self) {
-        let _ = match self {
-            Stream::Plain(s) => s.shutdown().await,
-            Stream::Tls(s, _) => s.shutdown().await,
-            Stream::Gone => Ok(()),
+        let close = async {
+            match self {
+                Stream::Plain(s) => s.shutdown().await,
+                Stream::Tls(s, _) => s.shutdown().await,
+                Stream::Gone => Ok(()),
+            }
         };
+        let _ = tokio::time::timeout(SHUTDOWN_WAIT, close).await;
     }
 
     /// Wait for input: `None` when a plain socket is readable (read it with `try_read`),

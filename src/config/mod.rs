@@ -184,6 +184,7 @@ impl Config {
                 enabled: true,
                 no_tls_hosts: t.no_tls_hosts.clone(),
                 no_starttls_ports: t.no_starttls_ports.clone(),
+                require_verified_ports: t.require_authorized.clone(),
             };
         }
         s
@@ -232,8 +233,8 @@ fn load_smtp(f: &IniFile) -> Result<SmtpIni, ConfigError> {
         },
     };
     let inactivity = f.u64("main", "inactivity_timeout", 300)?;
-    if inactivity == 0 {
-        return Err(f.invalid("main", "inactivity_timeout", "must be at least 1 second"));
+    if !(1..=86_400).contains(&inactivity) {
+        return Err(f.invalid("main", "inactivity_timeout", "must be 1 to 86400 seconds"));
     }
     Ok(SmtpIni {
         listen,

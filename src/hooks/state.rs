@@ -34,8 +34,10 @@ pub struct Remote {
 }
 
 impl Remote {
+    /// An IPv4 client on a dual-stack listener (`::ffff:a.b.c.d`) is stored as its IPv4
+    /// address, so ACLs, limits and `is_private` see the same address on every path.
     pub fn new(addr: SocketAddr) -> Self {
-        let ip = addr.ip();
+        let ip = addr.ip().to_canonical();
         let is_local = ip.is_loopback();
         let is_private = is_local
             || match ip {
@@ -113,7 +115,7 @@ impl Connection {
         Connection {
             uuid: uuid::Uuid::new_v4().to_string().to_uppercase(),
             remote: Remote::new(remote),
-            local,
+            local: SocketAddr::new(local.ip().to_canonical(), local.port()),
             hello: None,
             relaying: false,
             early_talker: false,
@@ -197,4 +199,24 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_mapped_clients_are_stored_as_ipv4() {
+        let c = Connection::new(
+            "[::ffff:10.1.2.3]:4000".parse().unwrap(),
+            "[::ffff:192.0.2.1]:25".parse().unwrap(),
+        );
+        assert_eq!(c.remote.ip, "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert!(c.remote.is_private && !c.remote.is_local);
+        assert_eq!(c.local, "192.0.2.1:25".parse::<SocketAddr>().unwrap());
+        let l = Remote::new("[::ffff:127.0.0.1]:1".parse().unwrap());
+        assert!(l.is_local && l.is_private);
+        let v6 = Remote::new("[2001:db8::1]:1".parse().unwrap());
+        assert!(!v6.is_private);
+    }
 }

@@ -50,6 +50,9 @@ pub struct StartTlsPolicy {
     pub no_tls_hosts: Vec<ipnet::IpNet>,
     /// `[main] no_starttls_ports[]`: local ports where STARTTLS is not offered.
     pub no_starttls_ports: Vec<u16>,
+    /// `[main] requireAuthorized[]`: local ports where nothing but STARTTLS (or implicit TLS)
+    /// with a verified client certificate may come before MAIL and AUTH.
+    pub require_verified_ports: Vec<u16>,
 }
 
 impl StartTlsPolicy {
@@ -60,6 +63,19 @@ impl StartTlsPolicy {
             && !conn.tls
             && !self.no_starttls_ports.contains(&conn.local.port())
             && !self.no_tls_hosts.iter().any(|n| n.contains(&ip))
+    }
+
+    /// On a `requireAuthorized` port, a session without TLS and a verified client certificate
+    /// may not send mail or authenticate (RFC 3207: `530 5.7.0`).
+    pub fn refuses(&self, conn: &Connection) -> Option<Reply> {
+        let verified = conn.tls && conn.tls_info.as_ref().is_some_and(|t| t.verified_client);
+        (self.require_verified_ports.contains(&conn.local.port()) && !verified).then(|| {
+            Reply::ext(
+                530,
+                (5, 7, 0),
+                "Must issue a STARTTLS command first (client certificate required)",
+            )
+        })
     }
 }
 
@@ -333,7 +349,7 @@ impl Session {
 
     /// True between messages (command phase): a graceful shutdown may end the session here.
     pub fn is_between_messages(&self) -> bool {
-        matches!(self.phase, Phase::Command | Phase::Loop(_)) && self.waiting.is_none()
+        matches!(self.phase, Phase::Command | Phase::Loop(_) | Phase::Auth(_)) && self.waiting.is_none()
     }
 
     /// The daemon is shutting down: `421 4.3.2` and close (RFC 3463 X.3.2: system not
@@ -386,7 +402,9 @@ impl Session {
         super::deadline::Progress {
             // Between BDAT chunks the transaction's message is still arriving.
             receiving_message: in_body || self.txn.as_ref().is_some_and(|t| t.chunking),
-            partial_line: matches!(self.phase, Phase::Command | Phase::Loop(_)) && !self.inbuf.is_empty(),
+            // A SASL response line is timed like a command line.
+            partial_line: matches!(self.phase, Phase::Command | Phase::Loop(_) | Phase::Auth(_))
+                && !self.inbuf.is_empty(),
             lines: self.lines,
         }
     }
@@ -704,6 +722,9 @@ impl Session {
     fn cmd_mail(&mut self, args: &str) {
         if self.conn.hello.is_none() {
             return self.error(Reply::ext(503, (5, 5, 1), "Use EHLO/HELO before MAIL"));
+        }
+        if let Some(r) = self.cfg.starttls.refuses(&self.conn) {
+            return self.error(r);
         }
         if self.needs_auth() {
             return self.reply(Reply::ext(550, (5, 7, 0), "Authentication required"));
@@ -1424,6 +1445,9 @@ impl Session {
         if !self.conn.esmtp() {
             return Err(Reply::ext(503, (5, 5, 1), "Use EHLO before AUTH"));
         }
+        if let Some(r) = self.cfg.starttls.refuses(&self.conn) {
+            return Err(r);
+        }
         if self.conn.auth_user.is_some() {
             return Err(Reply::ext(503, (5, 5, 1), "Already authenticated"));
         }
@@ -1485,7 +1509,15 @@ impl Session {
         let soft = || refuse_text(Reply::ext(454, (4, 7, 0), "Temporary authentication failure"), &r.msg);
         match r.outcome {
             Outcome::Ok => self.auth_succeeded(user, mech),
-            Outcome::DenySoft => self.reply(soft()),
+            Outcome::DenySoft => {
+                // Not counted as a failure (the backend is at fault), but slowed down like one:
+                // a client must not retry a throttling upstream at full speed through us.
+                self.reply(soft());
+                let delay = self.cfg.auth.delay(self.conn.auth_failures.max(1));
+                if !delay.is_zero() {
+                    self.steps.push_front(Step::Act(Action::Pause(delay)));
+                }
+            }
             Outcome::DenySoftDisconnect => {
                 self.reply(soft());
                 self.close();
@@ -1587,6 +1619,7 @@ impl Session {
         c.relaying = x.login.is_some();
         c.auth_user = x.login.clone();
         c.notes.remove("auth_user");
+        c.notes.remove("auth_method");
         if let Some(user) = &x.login {
             c.notes.insert("auth_user".into(), user.clone().into());
         }

@@ -63,8 +63,8 @@ impl AuthProxy {
             domains.push((d, hosts));
         }
         let secs = ini.u64("main", "timeout", 10)?;
-        if secs == 0 {
-            return Err(ini.invalid("main", "timeout", "must be at least 1 second"));
+        if !(1..=3_600).contains(&secs) {
+            return Err(ini.invalid("main", "timeout", "must be 1 to 3600 seconds"));
         }
         Ok(Arc::new(AuthProxy {
             domains,
@@ -180,8 +180,13 @@ impl Plugin for AuthProxy {
     }
     fn timeout(&self) -> Option<Duration> {
         // Every host may use its whole timeout.
-        let hosts = self.domains.iter().map(|(_, h)| h.len()).max().unwrap_or(1) as u32;
-        Some(self.timeout * hosts.max(1) + Duration::from_secs(1))
+        let hosts = self.domains.iter().map(|(_, h)| h.len()).max().unwrap_or(1).max(1);
+        let hosts = u32::try_from(hosts).unwrap_or(u32::MAX);
+        Some(
+            self.timeout
+                .saturating_mul(hosts)
+                .saturating_add(Duration::from_secs(1)),
+        )
     }
 }
 
