@@ -206,10 +206,11 @@ fn authenticated_client_relays_others_do_not() {
 
 // ----- auth/auth_proxy -------------------------------------------------------------
 
-fn proxy_server(upstream: SocketAddr) -> TestServer {
-    start(|d| {
+fn proxy_server(upstream: SocketAddr, tls: &str) -> TestServer {
+    let tls = tls.to_string();
+    start(move |d| {
         std::fs::write(d.join("plugins"), "auth/auth_proxy\nrcpt_to.in_host_list\n").unwrap();
-        let ini = format!("[main]\ntimeout=5\n[domains]\nproxy.test={upstream}\n");
+        let ini = format!("[main]\ntimeout=5\ntls={tls}\n[domains]\nproxy.test={upstream}\n");
         std::fs::write(d.join("auth_proxy.ini"), ini).unwrap();
         std::fs::write(d.join("auth.ini"), "[main]\nfailure_delay_ms=10\n").unwrap();
     })
@@ -218,7 +219,7 @@ fn proxy_server(upstream: SocketAddr) -> TestServer {
 #[test]
 fn auth_proxy_success_and_failure() {
     let sink = Sink::builder().auth("bob@proxy.test", "upstream-pw").start();
-    let srv = proxy_server(sink.addr());
+    let srv = proxy_server(sink.addr(), "opportunistic");
     let (mut c, caps) = ehlo(&srv);
     assert!(caps.lines.iter().any(|l| l == "AUTH PLAIN LOGIN"), "{caps:?}");
     c.expect(&format!("AUTH PLAIN {}", plain("bob@proxy.test", "bad-pw")), 535);
@@ -243,15 +244,35 @@ fn auth_proxy_uses_starttls() {
         .auth_requires_tls()
         .auth("carol@proxy.test", "pw-over-tls")
         .start();
-    let srv = proxy_server(sink.addr());
+    let srv = proxy_server(sink.addr(), "required");
     let (mut c, _) = ehlo(&srv);
     c.expect(&format!("AUTH PLAIN {}", plain("carol@proxy.test", "pw-over-tls")), 235);
+}
+
+/// By default the password is never sent to an upstream that does not offer STARTTLS: that
+/// host counts as unreachable (454), and it never sees an AUTH command.
+#[test]
+fn auth_proxy_requires_tls_by_default() {
+    let sink = Sink::builder().auth("bob@proxy.test", "upstream-pw").start();
+    let srv = start(|d| {
+        std::fs::write(d.join("plugins"), "auth/auth_proxy\nrcpt_to.in_host_list\n").unwrap();
+        let ini = format!("[main]\ntimeout=5\n[domains]\nproxy.test={}\n", sink.addr());
+        std::fs::write(d.join("auth_proxy.ini"), ini).unwrap();
+        std::fs::write(d.join("auth.ini"), "[main]\nfailure_delay_ms=10\n").unwrap();
+    });
+    let (mut c, _) = ehlo(&srv);
+    c.expect(&format!("AUTH PLAIN {}", plain("bob@proxy.test", "wrong-pw")), 454);
+    assert!(
+        !sink.refusals().iter().any(|r| r.stage == "AUTH"),
+        "the password went to a host without TLS: {:?}",
+        sink.refusals()
+    );
 }
 
 #[test]
 fn auth_proxy_unreachable_is_454() {
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let srv = proxy_server(dead);
+    let srv = proxy_server(dead, "required");
     let (mut c, _) = ehlo(&srv);
     let r = c.expect(&format!("AUTH PLAIN {}", plain("bob@proxy.test", "pw")), 454);
     assert!(r.text().starts_with("4.7.0 "), "{r:?}");
@@ -275,7 +296,11 @@ fn spawn_logged(dir: &Path, port: u16) -> (std::process::Child, std::thread::Joi
 
 #[test]
 fn secrets_never_logged() {
-    let sink = Sink::builder().auth("dave@proxy.test", "proxied-S3cret").start();
+    // The upstream speaks TLS: the proxied password goes through the whole path.
+    let sink = Sink::builder()
+        .starttls()
+        .auth("dave@proxy.test", "proxied-S3cret")
+        .start();
     let port = free_port();
     let root = tempfile::tempdir().unwrap();
     let dir = root.path();

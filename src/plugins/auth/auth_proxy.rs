@@ -4,6 +4,7 @@
 //! ```ini
 //! [main]
 //! timeout = 10          ; seconds for one upstream host (connect, EHLO, STARTTLS, AUTH)
+//! tls = required        ; or opportunistic: send the password without STARTTLS too
 //! [domains]
 //! example.com = mail.example.com:587,[2001:db8::1]:25
 //! ```
@@ -42,6 +43,9 @@ pub struct AuthProxy {
     timeout: Duration,
     helo: String,
     tls: Arc<rustls::ClientConfig>,
+    /// `[main] tls = required` (default): never send a password to a host that does not
+    /// offer STARTTLS (it counts as unreachable); `opportunistic` is Haraka's behaviour.
+    require_tls: bool,
 }
 
 /// What one upstream said about the credentials.
@@ -66,11 +70,13 @@ impl AuthProxy {
         if !(1..=3_600).contains(&secs) {
             return Err(ini.invalid("main", "timeout", "must be 1 to 3600 seconds"));
         }
+        let require_tls = ini.choice("main", "tls", &["required", "opportunistic"], "required")? == "required";
         Ok(Arc::new(AuthProxy {
             domains,
             timeout: Duration::from_secs(secs),
             helo: cfg.me.clone(),
             tls: crate::actors::tls::opportunistic_client(),
+            require_tls,
         }))
     }
 
@@ -111,6 +117,7 @@ impl AuthProxy {
         let peer = tcp.peer_addr().ok();
         let mut cfg = ClientConfig::new(self.helo.clone());
         cfg.auth = Some((user.to_string(), pass.to_string()));
+        cfg.require_tls = self.require_tls;
         let mut conn = ProxyConn {
             stream: Stream::Plain(tcp),
             session: ClientSession::new(cfg),
