@@ -276,7 +276,7 @@ fn auth_proxy_unreachable_is_454() {
     let (mut c, _) = ehlo(&srv);
     let r = c.expect(&format!("AUTH PLAIN {}", plain("bob@proxy.test", "pw")), 454);
     assert!(r.text().starts_with("4.7.0 "), "{r:?}");
-    // Not a failed login: no brute-force delay or count, the client may retry.
+    // Not a failed login: not counted toward max_failures (only delayed); the client may retry.
     c.expect(&format!("AUTH PLAIN {}", plain("bob@proxy.test", "pw")), 454);
 }
 
