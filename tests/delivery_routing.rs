@@ -32,6 +32,15 @@ fn outbound_ini(dns: &DnsServer, mx_port: u16, local_mx_ok: bool) -> String {
     )
 }
 
+/// DNS where `remote.test`'s MX is `mx.remote.test` on loopback (the sink's address).
+fn remote_test_dns() -> DnsServer {
+    DnsServer::start(
+        Zone::new()
+            .mx("remote.test", 10, "mx.remote.test")
+            .a("mx.remote.test", LOOPBACK),
+    )
+}
+
 /// Plugins `relay` (127.0.0.0/8 may relay) and `rcpt_to.in_host_list`, delivery enabled.
 fn relay_config(dir: &Path, outbound: &str) {
     std::fs::write(dir.join("plugins"), "relay\nrcpt_to.in_host_list\n").unwrap();
@@ -79,11 +88,7 @@ const BODY: &[u8] = b"From: alice@sender.test\r\nTo: bob@remote.test\r\nSubject:
 #[test]
 fn delivers_to_the_mx_found_in_dns() {
     let sink = Sink::start();
-    let dns = DnsServer::start(
-        Zone::new()
-            .mx("remote.test", 10, "mx.remote.test")
-            .a("mx.remote.test", LOOPBACK),
-    );
+    let dns = remote_test_dns();
     let srv = start(|d| relay_config(d, &outbound_ini(&dns, sink.port(), true)));
     submit(&srv, "alice@sender.test", &["bob@remote.test"], BODY);
     assert!(sink.wait_for(1, WAIT), "nothing delivered; sink saw {:?}", sink.stats());
@@ -265,11 +270,7 @@ fn servfail_on_the_mx_lookup_is_not_a_missing_mx() {
 #[test]
 fn loopback_mx_is_refused_without_local_mx_ok() {
     let sink = Sink::start();
-    let dns = DnsServer::start(
-        Zone::new()
-            .mx("remote.test", 10, "mx.remote.test")
-            .a("mx.remote.test", LOOPBACK),
-    );
+    let dns = remote_test_dns();
     let srv = start(|d| relay_config(d, &outbound_ini(&dns, sink.port(), false)));
     submit(&srv, "alice@sender.test", &["bob@remote.test"], BODY);
     let name = deferred_once(&srv).unwrap_or_else(|| panic!("not deferred: queue {:?}", srv.queue_files()));
@@ -346,11 +347,7 @@ fn smtp_forward_authenticates_after_starttls() {
 #[test]
 fn starttls_is_used_when_offered() {
     let sink = Sink::builder().starttls().start();
-    let dns = DnsServer::start(
-        Zone::new()
-            .mx("remote.test", 10, "mx.remote.test")
-            .a("mx.remote.test", LOOPBACK),
-    );
+    let dns = remote_test_dns();
     let srv = start(|d| relay_config(d, &outbound_ini(&dns, sink.port(), true)));
     submit(&srv, "alice@sender.test", &["bob@remote.test"], BODY);
     assert!(sink.wait_for(1, WAIT), "nothing delivered; sink saw {:?}", sink.stats());
@@ -498,11 +495,7 @@ fn assert_only_received_added(got: &[u8], original: &[u8]) {
 #[test]
 fn body_arrives_unstuffed_and_byte_identical() {
     let sink = Sink::start();
-    let dns = DnsServer::start(
-        Zone::new()
-            .mx("remote.test", 10, "mx.remote.test")
-            .a("mx.remote.test", LOOPBACK),
-    );
+    let dns = remote_test_dns();
     let srv = start(|d| relay_config(d, &outbound_ini(&dns, sink.port(), true)));
 
     // Short message with the awkward lines, and one far longer than the 64 KiB read chunks,
@@ -587,11 +580,7 @@ fn per_recipient_smtp_replies_bounce_one_and_defer_the_other() {
 #[test]
 fn temporary_data_failure_is_retried_then_delivered_once() {
     let sink = Sink::builder().fail_first_data(1, "451 4.3.0 try again").start();
-    let dns = DnsServer::start(
-        Zone::new()
-            .mx("remote.test", 10, "mx.remote.test")
-            .a("mx.remote.test", LOOPBACK),
-    );
+    let dns = remote_test_dns();
     let outbound = outbound_ini(&dns, sink.port(), true).replace("temp_fail_intervals=1h", "temp_fail_intervals=5s");
     let srv = start(|d| relay_config(d, &outbound));
     submit(&srv, "alice@sender.test", &["bob@remote.test"], BODY);
@@ -609,11 +598,7 @@ fn temporary_data_failure_is_retried_then_delivered_once() {
 #[test]
 fn connection_dropped_in_data_is_retried_then_delivered_once() {
     let sink = Sink::builder().drop_in_data(1).start();
-    let dns = DnsServer::start(
-        Zone::new()
-            .mx("remote.test", 10, "mx.remote.test")
-            .a("mx.remote.test", LOOPBACK),
-    );
+    let dns = remote_test_dns();
     let outbound = outbound_ini(&dns, sink.port(), true).replace("temp_fail_intervals=1h", "temp_fail_intervals=5s");
     let srv = start(|d| relay_config(d, &outbound));
     submit(&srv, "alice@sender.test", &["bob@remote.test"], BODY);
@@ -634,11 +619,7 @@ fn connection_dropped_in_data_is_retried_then_delivered_once() {
 #[test]
 fn the_next_message_reuses_the_pooled_connection() {
     let sink = Sink::start();
-    let dns = DnsServer::start(
-        Zone::new()
-            .mx("remote.test", 10, "mx.remote.test")
-            .a("mx.remote.test", LOOPBACK),
-    );
+    let dns = remote_test_dns();
     let srv = start(|d| relay_config(d, &outbound_ini(&dns, sink.port(), true)));
     for i in 1..=3 {
         submit(&srv, "alice@sender.test", &[&format!("bob{i}@remote.test")], BODY);
@@ -655,11 +636,7 @@ fn the_next_message_reuses_the_pooled_connection() {
 #[test]
 fn sessions_per_mx_stay_within_max_connections_per_mx() {
     let sink = Sink::start();
-    let dns = DnsServer::start(
-        Zone::new()
-            .mx("remote.test", 10, "mx.remote.test")
-            .a("mx.remote.test", LOOPBACK),
-    );
+    let dns = remote_test_dns();
     let outbound = format!("{}max_connections_per_mx=2\n", outbound_ini(&dns, sink.port(), true));
     let srv = start(|d| relay_config(d, &outbound));
     let mut c = srv.client();

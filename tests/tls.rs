@@ -27,6 +27,16 @@ fn enable_tls(dir: &Path) -> Vec<u8> {
     der
 }
 
+/// `enable_tls` with a 1 s inactivity timeout (tests of clients that stall).
+fn enable_tls_short_timeout(dir: &Path) {
+    enable_tls(dir);
+    std::fs::write(
+        dir.join("smtp.ini"),
+        "[main]\nlisten=127.0.0.1:0\nnodes=1\ninactivity_timeout=1\n",
+    )
+    .unwrap();
+}
+
 /// A blocking SMTP client over TLS (certificates not verified: the tests look at them).
 struct TlsClient {
     reader: BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
@@ -237,12 +247,7 @@ fn garbage_instead_of_a_client_hello_closes_the_connection() {
 #[test]
 fn a_client_that_never_handshakes_is_closed_at_the_timeout() {
     let s = start(|d| {
-        enable_tls(d);
-        std::fs::write(
-            d.join("smtp.ini"),
-            "[main]\nlisten=127.0.0.1:0\nnodes=1\ninactivity_timeout=1\n",
-        )
-        .unwrap();
+        enable_tls_short_timeout(d);
     });
     let mut c = s.client();
     c.expect("EHLO client.test", 250);
@@ -583,12 +588,7 @@ fn starttls_after_auth_is_refused() {
 #[test]
 fn a_tls_client_that_never_reads_gives_its_slot_back() {
     let s = start(|d| {
-        enable_tls(d);
-        std::fs::write(
-            d.join("smtp.ini"),
-            "[main]\nlisten=127.0.0.1:0\nnodes=1\ninactivity_timeout=1\n",
-        )
-        .unwrap();
+        enable_tls_short_timeout(d);
         std::fs::write(
             d.join("connection.ini"),
             "[max]\nconnections_per_ip=1\nconnections_exempt=\nerrors=0\n",

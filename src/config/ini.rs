@@ -258,6 +258,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn port_and_network_lists() {
+        let f = IniFile::parse(
+            "x.ini",
+            "[a]\np=587, 465,\nn=10.0.0.0/8, ::1\ne=\nbad=25,smtp\nnet=10.0.0.0/33\n",
+        )
+        .unwrap();
+        assert_eq!(f.ports("a", "p").unwrap(), Some(vec![587, 465]));
+        assert_eq!(f.ports("a", "missing").unwrap(), None);
+        assert_eq!(f.ports("a", "e").unwrap(), Some(vec![]));
+        assert_eq!(f.nets("a", "n").unwrap().unwrap().len(), 2);
+        let e = f.ports("a", "bad").unwrap_err().to_string();
+        assert!(
+            e.contains("x.ini") && e.contains("bad") && e.contains("'smtp' is not a port"),
+            "{e}"
+        );
+        let e = f.nets("a", "net").unwrap_err().to_string();
+        assert!(e.contains("'10.0.0.0/33' is not an address or CIDR"), "{e}");
+    }
+
+    #[test]
     fn sections_lists_and_main() {
         let f = IniFile::parse(
             "x.ini",
