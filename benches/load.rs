@@ -21,6 +21,8 @@
 //! | `LOAD_FROM` / `LOAD_RCPT` | `--from` / `--rcpt` | `load@client.test` / `user@localhost` | envelope |
 //! | `LOAD_SPAWN` | `--spawn` | `auto` | `auto`: start posta if nothing answers; `1`: always; `0`: never |
 //! | `LOAD_DISCARD` | `--discard` | 0 | spawned daemon: plugins `rcpt_to.in_host_list` + `queue/discard` |
+//! | `LOAD_QUEUE_ONLY` | `--queue-only` | 0 | spawned daemon: `outbound.ini disabled=true` (durable queue commit, no delivery) |
+//! | `LOAD_DIR` | `--dir` | the system temp dir | where the spawned daemon's directory (config, queue, Maildirs) is made |
 //! | `POSTA_BIN` | `--bin` | `target/release/posta` | daemon binary to spawn |
 //! | `POSTA_PID` | `--pid` | the spawned one | PID whose CPU time is measured |
 //! | `LOAD_RESULTS` | `--results` | none | append the one-line result to this file |
@@ -60,6 +62,8 @@ struct Opts {
     rcpt: String,
     spawn: String,
     discard: bool,
+    queue_only: bool,
+    dir: Option<PathBuf>,
     bin: PathBuf,
     pid: Option<u32>,
     results: Option<PathBuf>,
@@ -114,6 +118,8 @@ fn opts() -> Result<Opts, String> {
         rcpt: get("rcpt", "LOAD_RCPT").unwrap_or_else(|| "user@localhost".into()),
         spawn: get("spawn", "LOAD_SPAWN").unwrap_or_else(|| "auto".into()),
         discard: flag("discard", "LOAD_DISCARD"),
+        queue_only: flag("queue-only", "LOAD_QUEUE_ONLY"),
+        dir: get("dir", "LOAD_DIR").map(PathBuf::from),
         bin: get("bin", "POSTA_BIN").map(PathBuf::from).unwrap_or(default_bin),
         pid: get("pid", "POSTA_PID")
             .map(|p| p.parse().map_err(|_| format!("POSTA_PID={p:?}")))
@@ -419,10 +425,13 @@ fn spawn_daemon(o: &Opts) -> Result<Daemon, String> {
             o.bin.display()
         ));
     }
-    let dir = tempfile::Builder::new()
-        .prefix("posta-load-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("posta-load-");
+    let dir = match &o.dir {
+        Some(d) => builder.tempdir_in(d),
+        None => builder.tempdir(),
+    }
+    .map_err(|e| e.to_string())?;
     let cfg = dir.path().join("config");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     copy_dir(&src, &cfg).map_err(|e| format!("copy {}: {e}", src.display()))?;
@@ -438,6 +447,9 @@ fn spawn_daemon(o: &Opts) -> Result<Daemon, String> {
     write("queue_dir", &format!("{}\n", queue.display()))?;
     if o.discard {
         write("plugins", "rcpt_to.in_host_list\nqueue/discard\n")?;
+    }
+    if o.queue_only {
+        write("outbound.ini", "[main]\ndisabled=true\n")?;
     }
     let log = std::fs::File::create(dir.path().join("posta.log")).map_err(|e| e.to_string())?;
     let child = Command::new(&o.bin)
@@ -498,25 +510,9 @@ fn count_files(dir: &Path) -> usize {
 
 // ----- /proc ------------------------------------------------------------------------------------------
 
-fn clock_ticks() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100)
-}
-
-/// (user, system) CPU ms of a process, its reaped children included.
-fn cpu_ms(pid: &str, tck: u64) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 1..];
-    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
-    // Fields after the command name start at `state` (field 3): utime is field 14.
-    let (ut, st, cut, cst) = (f.get(11)?, f.get(12)?, f.get(13)?, f.get(14)?);
-    Some(((ut + cut) * 1000 / tck, (st + cst) * 1000 / tck))
-}
+#[path = "support/proc_stat.rs"]
+mod proc_stat;
+use proc_stat::{clock_ticks, cpu_ms};
 
 /// Peak resident set size in MB (`VmHWM`).
 fn peak_rss_mb(pid: &str) -> Option<f64> {
@@ -578,6 +574,7 @@ fn main() -> ExitCode {
         .or_else(|| daemon.as_ref().map(|d| d.child.id().to_string()));
     let what = match (&daemon, o.discard) {
         (Some(_), true) => "spawned posta, queue/discard",
+        (Some(_), false) if o.queue_only => "spawned posta, durable queue, delivery disabled",
         (Some(_), false) => "spawned posta, durable queue",
         (None, _) if o.target_given => "given target",
         (None, _) => "running server",
