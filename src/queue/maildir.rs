@@ -4,12 +4,20 @@
 //! Each message is written to `tmp/`, fsynced, renamed into `new/`, and `new/` is fsynced:
 //! a delivered message survives a crash just like a queued one.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Mailbox directories this process has made durable (see [`ensure_mailbox`]).
+static DURABLE: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+
+/// Mailboxes remembered at most; past it the set starts again (costs a few fsyncs, nothing else).
+const DURABLE_MAX: usize = 100_000;
 
 /// Why one recipient could not be delivered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,10 +52,34 @@ pub fn deliver(dir: &Path, return_path: &str, rcpt: &str, stored: &[u8]) -> Resu
     write_message(dir, return_path, rcpt, stored).map_err(|e| MaildirError::Io(e.to_string()))
 }
 
-fn write_message(dir: &Path, return_path: &str, rcpt: &str, stored: &[u8]) -> io::Result<PathBuf> {
+/// Create the mailbox's `tmp`, `new` and `cur` (and any missing parent such as the user and
+/// domain directories) and make their entries durable: fsync every directory that gained an
+/// entry, and at least the mailbox and its parent, the first time this process delivers to it.
+/// Without that, a crash could lose a new mailbox directory (and the message in it) after the
+/// queue file was already removed.
+fn ensure_mailbox(dir: &Path) -> io::Result<()> {
+    // The `is_dir` check notices a mailbox removed by hand since.
+    if DURABLE.lock().unwrap_or_else(|p| p.into_inner()).contains(dir) && dir.join("new").is_dir() {
+        return Ok(());
+    }
+    // The deepest directory that exists now: the highest one that may gain an entry.
+    let existing = dir.ancestors().position(Path::is_dir).unwrap_or(0);
     for sub in ["tmp", "new", "cur"] {
         fs::create_dir_all(dir.join(sub))?;
     }
+    for d in dir.ancestors().take(existing.max(1) + 1) {
+        File::open(d)?.sync_all()?;
+    }
+    let mut known = DURABLE.lock().unwrap_or_else(|p| p.into_inner());
+    if known.len() >= DURABLE_MAX {
+        known.clear();
+    }
+    known.insert(dir.to_path_buf());
+    Ok(())
+}
+
+fn write_message(dir: &Path, return_path: &str, rcpt: &str, stored: &[u8]) -> io::Result<PathBuf> {
+    ensure_mailbox(dir)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -114,5 +146,16 @@ mod tests {
             "Return-Path: <s@y.org>\r\nDelivered-To: u@x.org\r\nSubject: t\r\n\r\n.dot\r\n"
         );
         assert!(fs::read_dir(mb.join("tmp")).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn a_mailbox_removed_by_hand_is_made_again() {
+        let d = tempfile::tempdir().unwrap();
+        let mb = mailbox_dir(d.path(), "gone", "x.org").unwrap();
+        deliver(&mb, "s@y.org", "gone@x.org", b"Subject: 1\r\n\r\n").unwrap();
+        fs::remove_dir_all(&mb).unwrap();
+        let p = deliver(&mb, "s@y.org", "gone@x.org", b"Subject: 2\r\n\r\n").unwrap();
+        assert!(fs::read_to_string(p).unwrap().ends_with("Subject: 2\r\n\r\n"));
+        assert!(mb.join("cur").is_dir());
     }
 }
