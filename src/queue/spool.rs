@@ -4,10 +4,11 @@
 //! Only after all of that does the session answer `250`. Every error removes what this commit
 //! wrote, so a failed commit leaves no half message behind.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex};
 
 use rand::distributions::Alphanumeric;
@@ -60,10 +61,11 @@ pub struct Spool {
     dir_sync: GroupSync,
     me: String,
     uid: String,
-    counter: AtomicU32,
+    names: Mutex<NameClock>,
     no_fsync: bool,
-    /// Recycled queue files ready to be overwritten.
-    free: Mutex<Vec<PathBuf>>,
+    /// Recycled queue files, oldest first, each with the directory-fsync generation that makes
+    /// its recycling rename durable: it is overwritten only after that fsync has finished.
+    free: Mutex<VecDeque<(PathBuf, u64)>>,
     free_seq: std::sync::atomic::AtomicU64,
     /// `outbound.ini always_split`: one queue file per recipient.
     always_split: bool,
@@ -109,9 +111,10 @@ impl Spool {
             dir_sync: GroupSync::new(dir)?,
             me: me.to_string(),
             uid,
-            counter: AtomicU32::new(0),
+            names: Mutex::new(NameClock::default()),
             no_fsync,
-            free: Mutex::new(free),
+            // Found on disk at start: durable once the first directory fsync has run.
+            free: Mutex::new(free.into_iter().map(|p| (p, 1)).collect()),
             free_seq: std::sync::atomic::AtomicU64::new(0),
             always_split: false,
             _lock: lock,
@@ -134,13 +137,14 @@ impl Spool {
     }
 
     fn next_name(&self, now: u64) -> QueueName {
+        let (ms, counter) = self.names.lock().unwrap_or_else(|p| p.into_inner()).next(now);
         QueueName {
-            arrival: now,
-            next_attempt: now,
+            arrival: ms,
+            next_attempt: ms,
             attempts: 0,
             pid: std::process::id(),
             uid: self.uid.clone(),
-            counter: self.counter.fetch_add(1, Ordering::Relaxed) % 10_000,
+            counter,
             host: self.me.clone(),
         }
     }
@@ -194,11 +198,20 @@ impl Spool {
         Ok(names)
     }
 
-    /// A file to write a new queue file into: a recycled one when there is one (no inode
-    /// allocation, see [`Spool::recycle`]), else a new `__tmp__.<name>`.
+    /// A file to write a new queue file into: a recycled one when there is one whose recycling
+    /// is durable (no inode allocation, see [`Spool::recycle`]), else a new `__tmp__.<name>`.
+    ///
+    /// Why wait for durability: until the rename `<old item> -> __tmp__.free.*` is on disk, a
+    /// crash can bring the old item's name back, and it would then name the new content.
     fn take_file(&self, name: &str) -> io::Result<(File, PathBuf)> {
-        let recycled = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(path) = recycled {
+        let recycled = {
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            match free.front() {
+                Some((_, generation)) if self.no_fsync || self.dir_sync.is_durable(*generation) => free.pop_front(),
+                _ => None,
+            }
+        };
+        if let Some((path, _)) = recycled {
             if let Ok(f) = OpenOptions::new().write(true).open(&path) {
                 return Ok((f, path));
             }
@@ -231,7 +244,7 @@ impl Spool {
         ));
         match fs::rename(path, &dest) {
             Ok(()) => {
-                free.push(dest);
+                free.push_back((dest, self.dir_sync.covering_generation()));
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -260,6 +273,30 @@ impl Spool {
             f.sync_data()?;
         }
         Ok(())
+    }
+}
+
+/// Unique (milliseconds, counter) pairs for new queue file names. Haraka's names carry a
+/// counter below 10,000; past 10,000 names in one millisecond (one message with that many
+/// recipients under `always_split`) the clock moves on a millisecond rather than repeat a
+/// name, because the commit's rename would replace the earlier file.
+#[derive(Default)]
+struct NameClock {
+    ms: u64,
+    counter: u32,
+}
+
+impl NameClock {
+    const COUNTER_LIMIT: u32 = 10_000;
+
+    fn next(&mut self, now: u64) -> (u64, u32) {
+        if now > self.ms {
+            (self.ms, self.counter) = (now, 0);
+        } else if self.counter >= Self::COUNTER_LIMIT {
+            (self.ms, self.counter) = (self.ms + 1, 0);
+        }
+        self.counter += 1;
+        (self.ms, self.counter - 1)
     }
 }
 
@@ -378,6 +415,16 @@ impl GroupSync {
         })
     }
 
+    /// The generation of the first fsync that will cover a rename done now.
+    pub fn covering_generation(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).next
+    }
+
+    /// Whether the fsync of `generation` (and so every rename it covers) has finished.
+    pub fn is_durable(&self, generation: u64) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).done >= generation
+    }
+
     /// Make every rename done before this call durable.
     pub fn sync(&self) -> io::Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -451,6 +498,62 @@ mod tests {
         assert_eq!(todo.rcpt_to.len(), 2);
         assert_eq!(todo.uuid, "U.1.1");
         assert_eq!(msg, b"Subject: t\r\n\r\nhi\r\n");
+    }
+
+    fn free_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("__tmp__.free.")
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_recycled_file_is_reused_only_after_its_rename_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), "mx.test", false).unwrap();
+        let req = CommitRequest {
+            uuid: "U.1".into(),
+            mail_from: None,
+            mail_params: Default::default(),
+            rcpt_to: vec![rcpt("a@x.org")],
+            notes: Notes::new(),
+            queue_time: 5,
+        };
+        let body = || MessageBody {
+            spooled: None,
+            tail: b"Subject: t\r\n\r\nhi\r\n".to_vec(),
+        };
+        let first = spool.commit(&req, &body()).unwrap();
+        spool.recycle(&dir.path().join(&first[0])).unwrap();
+        assert_eq!(free_files(dir.path()), 1);
+        // No directory fsync since the recycling rename: a new file, the free one stays.
+        let second = spool.commit(&req, &body()).unwrap();
+        assert_eq!(free_files(dir.path()), 1, "reused before the rename was durable");
+        // The second commit's directory fsync covered it: now it is reused.
+        let third = spool.commit(&req, &body()).unwrap();
+        assert_eq!(free_files(dir.path()), 0);
+        for n in second.iter().chain(&third) {
+            let bytes = std::fs::read(dir.path().join(n)).unwrap();
+            let (todo, msg) = decode(&bytes).unwrap();
+            assert_eq!((todo.domain.as_str(), msg), ("x.org", &b"Subject: t\r\n\r\nhi\r\n"[..]));
+        }
+    }
+
+    #[test]
+    fn names_never_repeat_past_ten_thousand_in_one_millisecond() {
+        let mut clock = NameClock::default();
+        let names: std::collections::HashSet<(u64, u32)> = (0..25_000).map(|_| clock.next(7)).collect();
+        assert_eq!(names.len(), 25_000);
+        assert!(names.iter().all(|&(ms, c)| (7..=9).contains(&ms) && c < 10_000));
+        // A clock that went back (or stood still) never reuses a pair either.
+        assert_eq!(clock.next(5), (9, 5_000));
+        assert_eq!(clock.next(100), (100, 0));
     }
 
     #[test]
