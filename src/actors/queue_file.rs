@@ -3,13 +3,14 @@
 //! and settles the outcome durably: delete when done, rewrite or rename for a retry, queue a
 //! DSN for permanent failures. A panic inside is caught here and becomes a retry.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::FutureExt;
@@ -46,6 +47,8 @@ pub struct DeliveryCtx {
     pub local_ips: HashSet<IpAddr>,
     pub manager: RefCell<Option<Addr<QueueManager>>>,
     mx: RefCell<HashMap<MxKey, Addr<RemoteMx>>>,
+    /// When `mx` was last cleared of stopped actors.
+    mx_swept: Cell<Instant>,
 }
 
 impl DeliveryCtx {
@@ -79,6 +82,7 @@ impl DeliveryCtx {
             local_ips: local_addresses(),
             manager: RefCell::new(None),
             mx: RefCell::new(HashMap::new()),
+            mx_swept: Cell::new(Instant::now()),
         }
     }
 
@@ -107,7 +111,8 @@ impl DeliveryCtx {
         self.mx.borrow_mut().clear();
     }
 
-    /// The RemoteMx actor for a destination, started on first use.
+    /// The RemoteMx actor for a destination, started on first use and again after an unused
+    /// one stopped itself. Entries of stopped actors are dropped once a minute.
     fn remote(&self, t: &MxTarget) -> Addr<RemoteMx> {
         let key = MxKey {
             host: t.host.clone(),
@@ -116,11 +121,22 @@ impl DeliveryCtx {
             auth: t.auth.clone(),
         };
         let mut map = self.mx.borrow_mut();
-        map.entry(key.clone())
-            .or_insert_with(|| RemoteMx::new(key, self.mx_settings.borrow().clone()).start())
-            .clone()
+        if self.mx_swept.get().elapsed() >= MX_SWEEP_EVERY {
+            map.retain(|_, a| a.connected());
+            self.mx_swept.set(Instant::now());
+        }
+        let addr = map
+            .entry(key.clone())
+            .or_insert_with(|| RemoteMx::new(key.clone(), self.mx_settings.borrow().clone()).start());
+        if !addr.connected() {
+            *addr = RemoteMx::new(key, self.mx_settings.borrow().clone()).start();
+        }
+        addr.clone()
     }
 }
+
+/// How often [`DeliveryCtx::remote`] drops the entries of stopped RemoteMx actors.
+const MX_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// The addresses of this host: delivery to them is refused unless `local_mx_ok` (mail loop).
 fn local_addresses() -> HashSet<IpAddr> {

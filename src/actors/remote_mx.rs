@@ -1,9 +1,11 @@
 //! The RemoteMx actor: one per destination (host, port, transport, AUTH). It keeps a pool of
 //! connected client sessions that are reused for further messages (RSET between them, up to
 //! `max_deliveries_per_connection`, closed after `pool_idle_timeout`), and caps concurrent
-//! sessions to this destination at `max_connections_per_mx`.
+//! sessions to this destination at `max_connections_per_mx`. An actor with no delivery in
+//! flight, no pooled session and no message for `pool_idle_timeout` stops itself, so a
+//! long-running daemon keeps actors only for destinations it talks to.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -106,6 +108,10 @@ pub struct RemoteMx {
     settings: Rc<MxSettings>,
     idle: Rc<RefCell<VecDeque<Conn>>>,
     slots: Arc<Semaphore>,
+    /// Deliveries handed to this actor and not finished.
+    in_flight: Rc<Cell<usize>>,
+    /// When the last message was handled.
+    last_used: Instant,
 }
 
 impl RemoteMx {
@@ -116,7 +122,32 @@ impl RemoteMx {
             settings,
             idle: Rc::new(RefCell::new(VecDeque::new())),
             slots: Arc::new(Semaphore::new(n)),
+            in_flight: Rc::new(Cell::new(0)),
+            last_used: Instant::now(),
         }
+    }
+
+    /// Nothing in flight, nothing pooled, nothing asked for a whole `pool_idle_timeout`.
+    fn unused(&self) -> bool {
+        self.in_flight.get() == 0
+            && self.idle.borrow().is_empty()
+            && self.last_used.elapsed() >= self.settings.outbound.pool_idle_timeout
+    }
+}
+
+/// Counts a delivery in flight until dropped (also when its future is dropped unfinished).
+struct InFlight(Rc<Cell<usize>>);
+
+impl InFlight {
+    fn new(n: &Rc<Cell<usize>>) -> Self {
+        n.set(n.get() + 1);
+        InFlight(n.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 
@@ -127,8 +158,14 @@ impl Actor for RemoteMx {
         inc(&metrics().remote_mx.started);
         ctx.set_mailbox_capacity(self.settings.mailbox);
         let every = self.settings.outbound.pool_idle_timeout.max(Duration::from_secs(1));
-        ctx.run_interval(every, |act, _| {
-            prune(&act.idle, act.settings.outbound.pool_idle_timeout)
+        // The mailbox is drained before interval callbacks run, so a message sent to this
+        // actor is handled (and `last_used` set) before it can decide to stop.
+        ctx.run_interval(every, |act, ctx| {
+            prune(&act.idle, act.settings.outbound.pool_idle_timeout);
+            if act.unused() {
+                tracing::debug!(mx = %act.key.host, port = act.key.port, "remote MX actor unused: stopping");
+                ctx.stop();
+            }
         });
     }
 
@@ -152,6 +189,8 @@ impl Handler<Deliver> for RemoteMx {
 
     fn handle(&mut self, mut msg: Deliver, _: &mut Self::Context) -> Self::Result {
         msg.ticket.taken();
+        self.last_used = Instant::now();
+        let in_flight = InFlight::new(&self.in_flight);
         let job = Job {
             key: self.key.clone(),
             settings: self.settings.clone(),
@@ -173,6 +212,7 @@ impl Handler<Deliver> for RemoteMx {
             if res.is_err() {
                 metrics().per_mx(&job.mx_label(), |c| inc(&c.failures));
             }
+            drop(in_flight);
             res
         })
     }
