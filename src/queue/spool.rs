@@ -398,9 +398,42 @@ pub struct GroupSync {
 struct SyncState {
     /// Generation of the next fsync to start.
     next: u64,
-    /// Highest generation known durable.
+    /// Highest generation finished (successfully or not).
     done: u64,
+    /// Highest generation that succeeded.
+    last_ok: u64,
+    /// Recent generations whose fsync failed, with the OS error code.
+    failed: VecDeque<(u64, Option<i32>)>,
     running: bool,
+    /// Callers waiting for someone else's fsync (for tests).
+    waiting: usize,
+}
+
+/// Failed generations remembered; a waiter reads its result right after being woken.
+const FAILED_KEPT: usize = 64;
+
+impl SyncState {
+    fn finish(&mut self, generation: u64, result: &io::Result<()>) {
+        self.done = self.done.max(generation);
+        match result {
+            Ok(()) => self.last_ok = self.last_ok.max(generation),
+            Err(e) => {
+                if self.failed.len() >= FAILED_KEPT {
+                    self.failed.pop_front();
+                }
+                self.failed.push_back((generation, e.raw_os_error()));
+            }
+        }
+    }
+
+    /// The result of the fsync of `generation` (finished).
+    fn outcome(&self, generation: u64) -> io::Result<()> {
+        match self.failed.iter().find(|(g, _)| *g == generation) {
+            Some((_, Some(code))) => Err(io::Error::from_raw_os_error(*code)),
+            Some((_, None)) => Err(io::Error::other("directory fsync failed")),
+            None => Ok(()),
+        }
+    }
 }
 
 impl GroupSync {
@@ -420,38 +453,46 @@ impl GroupSync {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).next
     }
 
-    /// Whether the fsync of `generation` (and so every rename it covers) has finished.
+    /// Whether an fsync of `generation` or later has succeeded (so every rename done before
+    /// `generation` started is durable).
     pub fn is_durable(&self, generation: u64) -> bool {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).done >= generation
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).last_ok >= generation
     }
 
     /// Make every rename done before this call durable.
     pub fn sync(&self) -> io::Result<()> {
+        self.sync_by(|| self.dir.sync_all())
+    }
+
+    /// [`GroupSync::sync`] with the fsync given (tests inject failures).
+    ///
+    /// The first fsync that starts after this call covers our rename (a running one may not);
+    /// its generation is the `next` seen now, and its result is ours. A failed fsync fails
+    /// every caller it covered: a later fsync may report success although the directory
+    /// blocks of the failed one never reached the disk (Linux clears the error once reported).
+    fn sync_by(&self, fsync: impl Fn() -> io::Result<()>) -> io::Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        // Any fsync that starts from now on covers our rename; a running one may not.
         let need = st.next;
         loop {
             if st.done >= need {
-                return Ok(());
+                return st.outcome(need);
             }
             if !st.running {
                 st.running = true;
                 let generation = st.next;
                 st.next += 1;
                 drop(st);
-                let r = self.dir.sync_all();
+                let r = fsync();
                 st = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 st.running = false;
-                if r.is_ok() {
-                    st.done = st.done.max(generation);
-                }
+                st.finish(generation, &r);
                 self.cv.notify_all();
-                if generation >= need {
-                    return r;
-                }
-                continue;
+                debug_assert_eq!(generation, need);
+                return r;
             }
+            st.waiting += 1;
             st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.waiting -= 1;
         }
     }
 }
@@ -554,6 +595,60 @@ mod tests {
         // A clock that went back (or stood still) never reuses a pair either.
         assert_eq!(clock.next(5), (9, 5_000));
         assert_eq!(clock.next(100), (100, 0));
+    }
+
+    #[test]
+    fn a_failed_directory_fsync_fails_every_commit_it_covered() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir().unwrap();
+        let g = std::sync::Arc::new(GroupSync::new(dir.path()).unwrap());
+        // Thread A's fsync (generation 1) blocks until released; B and C arrive meanwhile and
+        // both need generation 2, which fails; any later fsync would succeed.
+        let (release, blocked) = mpsc::channel::<()>();
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let fsync = {
+            let calls = calls.clone();
+            let blocked = std::sync::Mutex::new(blocked);
+            move || match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => {
+                    blocked.lock().unwrap().recv().unwrap();
+                    Ok(())
+                }
+                1 => Err(io::Error::from_raw_os_error(5)),
+                _ => Ok(()),
+            }
+        };
+        type Fsync = std::sync::Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+        let fsync: Fsync = std::sync::Arc::new(fsync);
+        let run = |g: &std::sync::Arc<GroupSync>, f: &Fsync| {
+            let (g, f) = (g.clone(), f.clone());
+            std::thread::spawn(move || g.sync_by(|| f()))
+        };
+        let a = run(&g, &fsync);
+        while calls.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let b = run(&g, &fsync);
+        let c = run(&g, &fsync);
+        while g.state.lock().unwrap().waiting < 2 {
+            std::thread::yield_now();
+        }
+        release.send(()).unwrap();
+        assert!(a.join().unwrap().is_ok());
+        for t in [b, c] {
+            let e = t.join().unwrap().expect_err("covered by the failed fsync");
+            assert_eq!(e.raw_os_error(), Some(5));
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "no caller ran a third fsync to hide the failure"
+        );
+        assert!(!g.is_durable(2));
+        // The next caller gets a new fsync, which succeeds.
+        assert!(g.sync_by(|| fsync()).is_ok());
+        assert!(g.is_durable(2) && g.is_durable(3));
     }
 
     #[test]
