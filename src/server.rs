@@ -390,17 +390,28 @@ fn log_summary() {
     );
 }
 
-/// Graceful shutdown: stop accepting, let sessions finish (idle ones get `421 4.3.2`), up to
-/// `smtp.ini force_shutdown_timeout`; a second signal stops at once. Nothing acknowledged is
-/// at risk either way: queue files are only changed by a finished delivery.
+/// Graceful shutdown: stop accepting, let sessions finish (idle ones get `421 4.3.2`) and
+/// deliveries in flight finish (none is started any more), up to `smtp.ini
+/// force_shutdown_timeout`; a second signal stops at once. Nothing acknowledged is at risk
+/// either way: queue files are only changed by a finished delivery. Letting deliveries finish
+/// avoids sending a message again after the restart that the next hop already has.
 async fn graceful_stop(shared: &Shared, limit: std::time::Duration, term: &mut Signal) {
     let _ = shared.shutdown.send(true);
+    let queue = shared.queue.get().cloned();
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let live = crate::metrics::metrics().connection.live();
-        if live == 0 || tokio::time::Instant::now() >= deadline {
-            if live > 0 {
-                tracing::warn!(sessions = live, "shutdown timeout: closing remaining sessions");
+        let delivering = match &queue {
+            Some(q) => q.send(crate::actors::queue_manager::Drain).await.unwrap_or(0),
+            None => 0,
+        };
+        if (live == 0 && delivering == 0) || tokio::time::Instant::now() >= deadline {
+            if live > 0 || delivering > 0 {
+                tracing::warn!(
+                    sessions = live,
+                    deliveries = delivering,
+                    "shutdown timeout: closing what is left"
+                );
             }
             return;
         }

@@ -124,3 +124,36 @@ fn sigterm_under_traffic_loses_nothing_acknowledged() {
         acked.difference(&delivered()).collect::<Vec<_>>()
     );
 }
+
+/// SIGTERM while a delivery waits for the next hop's reply: no new delivery starts, the one in
+/// progress finishes before posta exits, so its queue file is gone and a restart does not send
+/// the message again.
+#[test]
+fn sigterm_lets_a_delivery_in_progress_finish() {
+    use common::relay::relay_config;
+    use common::sink::{eventually, Sink};
+
+    let sink = Sink::builder().reply_delay(Duration::from_secs(2)).start();
+    let root = tempfile::tempdir().unwrap();
+    let cfg = root.path().join("config");
+    relay_config(&cfg, sink.port());
+    let mut d = spawn_daemon(&cfg, free_port());
+    let mut c = Client::connect(d.addr);
+    c.expect("EHLO client.test", 250);
+    let r = c.send_mail(
+        "s@client.test",
+        &["r@remote.test"],
+        b"Subject: slow hop\r\n\r\nhello\r\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    c.expect("QUIT", 221);
+    // Sync point: the sink holds back its reply to the message.
+    assert!(eventually(Duration::from_secs(30), || sink.replies_waiting() >= 1));
+    signal(d.pid(), "-TERM");
+    assert_eq!(wait_exit(&mut d.child, Duration::from_secs(40)), Some(0));
+    assert_eq!(sink.message_count(), 1);
+    assert!(
+        queue_files(&root.path().join("queue")).is_empty(),
+        "the delivered message is still queued: it would be sent again"
+    );
+}

@@ -53,6 +53,12 @@ impl Finished {
 #[rtype(result = "()")]
 pub struct Flush;
 
+/// Shutting down: start no more deliveries (queued items stay for the next start). Answers
+/// how many are still in flight; sent repeatedly until that is 0.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Drain;
+
 /// Counts for status and tests.
 #[derive(Message)]
 #[rtype(result = "QueueCounts")]
@@ -156,6 +162,8 @@ pub struct QueueManager {
     bounce: Option<BounceCtx>,
     /// The delivery side's shared settings (for reloads).
     delivery: Option<std::rc::Rc<super::queue_file::DeliveryCtx>>,
+    /// Shutting down ([`Drain`]): nothing new is started.
+    draining: bool,
 }
 
 impl QueueManager {
@@ -171,6 +179,7 @@ impl QueueManager {
             flushed_in_flight: HashSet::new(),
             bounce: None,
             delivery: None,
+            draining: false,
         }
     }
 
@@ -300,7 +309,7 @@ impl QueueManager {
 
     /// Start what is due, then sleep until the next due item.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        if !self.disabled {
+        if !self.disabled && !self.draining {
             let now = now_ms();
             let room = self.concurrency.saturating_sub(self.in_flight.len());
             for name in self.wheel.pop_due(now, room) {
@@ -316,7 +325,7 @@ impl QueueManager {
         let Some(due) = self.wheel.next_due() else {
             return;
         };
-        if self.disabled {
+        if self.disabled || self.draining {
             return; // nothing is started; no timer needed
         }
         if self.in_flight.len() >= self.concurrency {
@@ -389,6 +398,20 @@ impl Handler<Flush> for QueueManager {
         self.wheel.reschedule_all(now_ms());
         self.flushed_in_flight.extend(self.in_flight.iter().cloned());
         self.pump(ctx);
+    }
+}
+
+impl Handler<Drain> for QueueManager {
+    type Result = usize;
+    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) -> usize {
+        if !self.draining {
+            self.draining = true;
+            if let Some((h, _)) = self.timer.take() {
+                ctx.cancel_future(h);
+            }
+            tracing::info!(in_flight = self.in_flight.len(), "shutting down: no new deliveries");
+        }
+        self.in_flight.len()
     }
 }
 

@@ -49,6 +49,7 @@ pub struct SinkBuilder {
     data_rules: Vec<(String, String)>,
     fail_data: Option<(usize, String)>,
     drop_in_data: usize,
+    reply_delay: Option<Duration>,
 }
 
 impl Default for SinkBuilder {
@@ -70,6 +71,7 @@ impl Default for SinkBuilder {
             data_rules: Vec::new(),
             fail_data: None,
             drop_in_data: 0,
+            reply_delay: None,
         }
     }
 }
@@ -165,6 +167,13 @@ impl SinkBuilder {
         self
     }
 
+    /// Wait this long after a message's final dot before answering it
+    /// ([`Sink::replies_waiting`] counts the waits begun).
+    pub fn reply_delay(mut self, d: Duration) -> Self {
+        self.reply_delay = Some(d);
+        self
+    }
+
     /// Bind and start serving.
     pub fn try_start(self) -> io::Result<Sink> {
         Sink::spawn(self)
@@ -246,6 +255,8 @@ struct Shared {
     /// DATA transactions answered by `fail_first_data` / dropped by `drop_in_data` so far.
     data_failed: AtomicUsize,
     data_dropped: AtomicUsize,
+    /// Replies held back by `reply_delay` so far.
+    replies_delayed: AtomicUsize,
     next_conn: AtomicU64,
 }
 
@@ -284,6 +295,7 @@ impl Sink {
             changed: Condvar::new(),
             data_failed: AtomicUsize::new(0),
             data_dropped: AtomicUsize::new(0),
+            replies_delayed: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -331,6 +343,11 @@ impl Sink {
     pub fn messages(&self) -> Vec<Received> {
         self.shared.stats.lock().unwrap().messages.clone()
     }
+    /// Messages whose reply `reply_delay` has begun to hold back.
+    pub fn replies_waiting(&self) -> usize {
+        self.shared.replies_delayed.load(Ordering::SeqCst)
+    }
+
     pub fn message_count(&self) -> usize {
         self.shared.stats.lock().unwrap().messages.len()
     }
@@ -832,6 +849,10 @@ impl Session {
                 Some(rest) => body.extend_from_slice(rest),
                 None => body.extend_from_slice(&line),
             }
+        }
+        if let Some(d) = self.cfg.reply_delay {
+            self.shared.replies_delayed.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(d).await;
         }
         let n = txn.rcpts.len();
         if let Some((count, reply)) = self.cfg.fail_data.clone() {
