@@ -24,6 +24,7 @@
 //! | `LOAD_DISCARD` | `--discard` | 0 | spawned daemon: plugins `rcpt_to.in_host_list` + `queue/discard` |
 //! | `LOAD_QUEUE_ONLY` | `--queue-only` | 0 | spawned daemon: `outbound.ini disabled=true` (durable queue commit, no delivery) |
 //! | `LOAD_DIR` | `--dir` | the system temp dir | where the spawned daemon's directory (config, queue, Maildirs) is made |
+//! | `LOAD_KEEP` | `--keep` | 0 | 1: keep that directory at the end (prints its path) instead of deleting it |
 //! | `POSTA_BIN` | `--bin` | `target/release/posta` | daemon binary to spawn |
 //! | `POSTA_PID` | `--pid` | the spawned one | PID whose CPU time is measured |
 //! | `LOAD_RESULTS` | `--results` | none | append the one-line result to this file |
@@ -68,6 +69,7 @@ struct Opts {
     discard: bool,
     queue_only: bool,
     dir: Option<PathBuf>,
+    keep: bool,
     bin: PathBuf,
     pid: Option<u32>,
     results: Option<PathBuf>,
@@ -125,6 +127,7 @@ fn opts() -> Result<Opts, String> {
         discard: flag("discard", "LOAD_DISCARD"),
         queue_only: flag("queue-only", "LOAD_QUEUE_ONLY"),
         dir: get("dir", "LOAD_DIR").map(PathBuf::from),
+        keep: flag("keep", "LOAD_KEEP"),
         bin: get("bin", "POSTA_BIN").map(PathBuf::from).unwrap_or(default_bin),
         pid: get("pid", "POSTA_PID")
             .map(|p| p.parse().map_err(|_| format!("POSTA_PID={p:?}")))
@@ -590,7 +593,7 @@ fn main() -> ExitCode {
         eprintln!("load: nothing answers on {} and LOAD_SPAWN=0", o.target);
         return ExitCode::FAILURE;
     }
-    let mut daemon = if spawn {
+    let daemon = if spawn {
         match spawn_daemon(&o) {
             Ok(d) => Some(d),
             Err(e) => {
@@ -747,8 +750,13 @@ fn main() -> ExitCode {
             eprintln!("load: cannot append to {}: {e}", path.display());
         }
     }
-    if let Some(d) = daemon.as_mut() {
-        stop_daemon(d);
+    if let Some(mut d) = daemon {
+        stop_daemon(&mut d);
+        if o.keep {
+            // Deleting 20,000 files makes the next few minutes' file creations slower on
+            // ext4 (benches/README.md): keep them for a later, separate clean-up.
+            println!("kept the daemon's directory: {}", d.dir.keep().display());
+        }
     }
     if total.failed > 0 || total.ok == 0 {
         ExitCode::FAILURE
