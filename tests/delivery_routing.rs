@@ -655,3 +655,114 @@ fn sessions_per_mx_stay_within_max_connections_per_mx() {
     rcpts.dedup();
     assert_eq!(rcpts.len(), 12, "a message was lost or duplicated: {rcpts:?}");
 }
+
+// ----- success notices (RFC 3461 NOTIFY=SUCCESS) ------------------------------------------------
+
+/// Submit one message from alice@sender.test with `RCPT TO:<rcpt> NOTIFY=...`.
+fn submit_notify(srv: &TestServer, rcpt: &str, notify: &str) {
+    let mut c = srv.client();
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<alice@sender.test>", 250);
+    c.expect(&format!("RCPT TO:<{rcpt}> NOTIFY={notify}"), 250);
+    c.expect("DATA", 354);
+    c.send(b"Subject: notify me\r\n\r\nhello\r\n.\r\n");
+    assert_eq!(c.reply().map(|r| r.code), Some(250));
+    c.expect("QUIT", 221);
+}
+
+/// DNS where both `remote.test` and `sender.test` have their MX on loopback.
+fn remote_and_sender_dns() -> DnsServer {
+    DnsServer::start(
+        Zone::new()
+            .mx("remote.test", 10, "mx.remote.test")
+            .a("mx.remote.test", LOOPBACK)
+            .mx("sender.test", 10, "mx.sender.test")
+            .a("mx.sender.test", LOOPBACK),
+    )
+}
+
+/// The DSN among the sink's messages (from the null sender), parsed.
+fn success_dsn(sink: &Sink) -> common::dsn::Dsn {
+    let msgs = sink.messages();
+    let m = msgs
+        .iter()
+        .find(|m| m.mail_from.is_empty())
+        .unwrap_or_else(|| panic!("no DSN among {} messages", msgs.len()));
+    assert_eq!(m.rcpts, vec!["alice@sender.test".to_string()]);
+    common::dsn::Dsn::parse(m)
+}
+
+#[test]
+fn notify_success_through_a_next_hop_without_dsn_gives_a_relayed_notice() {
+    let sink = Sink::builder().dsn(false).start(); // next hop and the sender's MX
+    let dns = remote_and_sender_dns();
+    let srv = start(|d| relay_config(d, &outbound_ini(&dns, sink.port(), true)));
+    submit_notify(&srv, "bob@remote.test", "SUCCESS,FAILURE");
+    assert!(sink.wait_for(2, WAIT), "sink saw {:?}", sink.stats());
+    let original = sink.messages().into_iter().find(|m| !m.mail_from.is_empty()).unwrap();
+    assert_eq!(original.rcpts, vec!["bob@remote.test".to_string()]);
+    assert_eq!(
+        original.rcpt_params,
+        vec![String::new()],
+        "DSN parameters to a server without DSN"
+    );
+    let dsn = success_dsn(&sink);
+    assert_eq!(dsn.rcpt("Action").as_deref(), Some("relayed"));
+    assert_eq!(dsn.rcpt("Status").as_deref(), Some("2.0.0"));
+    assert_eq!(dsn.rcpt("Final-Recipient").as_deref(), Some("rfc822; bob@remote.test"));
+    assert_eq!(dsn.rcpt("Remote-MTA").as_deref(), Some("dns; mx.remote.test"));
+    assert!(queue_drains(&srv), "queue keeps {:?}", srv.queue_files());
+}
+
+#[test]
+fn notify_success_through_a_next_hop_with_dsn_is_passed_on_not_answered() {
+    let sink = Sink::start(); // offers DSN
+    let dns = remote_and_sender_dns();
+    let srv = start(|d| relay_config(d, &outbound_ini(&dns, sink.port(), true)));
+    submit_notify(&srv, "bob@remote.test", "SUCCESS");
+    assert!(sink.wait_for(1, WAIT), "sink saw {:?}", sink.stats());
+    // A notice would be queued before the original's file goes: once the queue is empty,
+    // anything posta meant to send has been sent.
+    assert!(queue_drains(&srv), "queue keeps {:?}", srv.queue_files());
+    let msgs = sink.messages();
+    assert_eq!(
+        msgs.len(),
+        1,
+        "posta sent a notice itself: {:?}",
+        msgs.iter().map(|m| &m.mail_from).collect::<Vec<_>>()
+    );
+    assert!(
+        msgs[0].rcpt_params[0].contains("NOTIFY=SUCCESS"),
+        "{:?}",
+        msgs[0].rcpt_params
+    );
+}
+
+#[test]
+fn notify_success_on_a_maildir_delivery_gives_a_delivered_notice_and_failure_only_none() {
+    let sink = Sink::start(); // the sender's MX
+    let dns = remote_and_sender_dns();
+    let srv = start(|d| {
+        std::fs::write(d.join("plugins"), "deliver/maildir\nrcpt_to.in_host_list\n").unwrap();
+        std::fs::write(d.join("outbound.ini"), outbound_ini(&dns, sink.port(), true)).unwrap();
+    });
+    submit_notify(&srv, "quiet@example.test", "FAILURE");
+    submit_notify(&srv, "carol@example.test", "SUCCESS");
+    assert!(sink.wait_for(1, WAIT), "no notice; sink saw {:?}", sink.stats());
+    let dsn = success_dsn(&sink);
+    assert_eq!(dsn.rcpt("Action").as_deref(), Some("delivered"));
+    assert_eq!(dsn.rcpt("Status").as_deref(), Some("2.0.0"));
+    assert_eq!(
+        dsn.rcpt("Final-Recipient").as_deref(),
+        Some("rfc822; carol@example.test")
+    );
+    assert!(dsn.human.to_ascii_lowercase().contains("deliver"), "{}", dsn.human);
+    assert!(queue_drains(&srv), "queue keeps {:?}", srv.queue_files());
+    assert_eq!(sink.message_count(), 1, "a notice for NOTIFY=FAILURE");
+    for user in ["quiet", "carol"] {
+        assert_eq!(
+            maildir_new(&srv.root.path().join(format!("var/mail/example.test/{user}"))).len(),
+            1
+        );
+    }
+}

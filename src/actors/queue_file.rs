@@ -233,6 +233,8 @@ struct HandOver {
     mode: &'static str,
     secured: bool,
     authenticated: bool,
+    /// The next hop offered DSN: it reports success itself.
+    next_hop_dsn: bool,
 }
 
 fn finished(name: &str, retry: Option<(String, u64)>) -> Finished {
@@ -429,6 +431,7 @@ async fn try_target(cx: &DeliveryCtx, item: &QueueItem, t: &MxTarget) -> Result<
         mode: t.mode(),
         secured: d.secured,
         authenticated: d.authenticated,
+        next_hop_dsn: d.dsn,
     };
     Ok((fates, Some(hand_over)))
 }
@@ -555,7 +558,12 @@ async fn settle(cx: &DeliveryCtx, mut item: QueueItem, fates: Vec<Fate>, hand_ov
         }
     }
     if !delivered.is_empty() {
-        delivered_hook(cx, &mut item, &delivered, hand_over.unwrap_or_default()).await;
+        let h = hand_over.unwrap_or_default();
+        let notices = success_reports(&item, &delivered, &h);
+        delivered_hook(cx, &mut item, &delivered, h).await;
+        if !notices.is_empty() && !queue_dsn(cx, &item, notices).await {
+            tracing::error!(file = %item.name, "the success DSN could not be queued (the message itself was delivered)");
+        }
     }
     let failures = item.parsed.attempts + 1;
     if !temp.is_empty() && cx.schedule().delay_after(failures).is_none() {
@@ -614,6 +622,37 @@ async fn delivered_hook(cx: &DeliveryCtx, item: &mut QueueItem, ok: &[TodoAddres
     hook(cx, item, OutboundHook::Delivered(d)).await;
 }
 
+/// RFC 3461 success notices for the delivered recipients that asked for them (NOTIFY=SUCCESS):
+/// `delivered` after a final delivery (Maildir; LMTP to a server without DSN), `relayed` after
+/// handing the message to an SMTP next hop that did not offer DSN (no report can come from
+/// further on). A next hop that offered DSN got the NOTIFY parameters and reports itself.
+fn success_reports(item: &QueueItem, ok: &[TodoAddress], h: &HandOver) -> Vec<RecipientReport> {
+    if dsn::is_null_sender(&item.todo.mail_from) {
+        return Vec::new();
+    }
+    let action = match h.mode {
+        "maildir" => DsnAction::Delivered,
+        _ if h.next_hop_dsn => return Vec::new(),
+        "lmtp" => DsnAction::Delivered,
+        _ => DsnAction::Relayed,
+    };
+    let remote = h.mode != "maildir";
+    ok.iter()
+        .filter(|a| dsn::rcpt_should_notify(a, action))
+        .map(|a| {
+            let mut r = RecipientReport::from_todo_address(a, action);
+            r.status = "2.0.0".into();
+            r.remote_mta = remote.then(|| h.host.clone());
+            r.diagnostic = (remote && !h.response.is_empty()).then(|| Diagnostic::Smtp {
+                code: 250,
+                text: h.response.clone(),
+            });
+            r.last_attempt = Some(now_ms());
+            r
+        })
+        .collect()
+}
+
 /// Run the bounce hook and queue a DSN when asked for. False when the DSN could not be
 /// queued (the original then stays).
 async fn bounce(cx: &DeliveryCtx, item: &mut QueueItem, perm: &[(TodoAddress, Reason)]) -> bool {
@@ -647,7 +686,11 @@ fn report(a: &TodoAddress, r: &Reason) -> RecipientReport {
 async fn queue_dsn(cx: &DeliveryCtx, item: &QueueItem, reports: Vec<RecipientReport>) -> bool {
     let item2 = item.clone();
     let me = cx.me.clone();
-    let template = cx.bounce_template.clone();
+    // `outbound.bounce_message` is a failure text; other reports use the built-in ones.
+    let template = match dsn::ReportKind::of(&reports) {
+        dsn::ReportKind::Failure => cx.bounce_template.clone(),
+        _ => None,
+    };
     let spool = cx.spool.clone();
     let res = actix_rt::task::spawn_blocking(move || {
         let original = item::read_body(&item2).map_err(|e| e.to_string())?;

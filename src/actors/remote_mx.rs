@@ -60,6 +60,8 @@ pub struct Delivered {
     pub secured: bool,
     pub authenticated: bool,
     pub reused: bool,
+    /// The next hop offered DSN (so NOTIFY/ORCPT went on with the message).
+    pub dsn: bool,
 }
 
 /// Settings shared by every RemoteMx.
@@ -278,6 +280,7 @@ impl Job {
             ip: conn.ip,
             secured: conn.session.is_tls(),
             authenticated: conn.session.is_authenticated(),
+            dsn: conn.session.capabilities().dsn,
             reused,
         };
         self.park(conn);
