@@ -236,15 +236,56 @@ fn auth_proxy_success_and_failure() {
     );
 }
 
-#[test]
-fn auth_proxy_uses_starttls() {
+/// An upstream with STARTTLS whose certificate `auth_proxy.ini` is told to trust (`ca`) under
+/// the name it has (`localhost`).
+fn verified_proxy(sink: &Sink, host: &str, main: &str) -> TestServer {
+    let (pem, port, main) = (sink.cert_pem().to_string(), sink.port(), main.to_string());
+    let host = host.to_string();
+    start(move |d| {
+        std::fs::write(d.join("plugins"), "auth/auth_proxy\nrcpt_to.in_host_list\n").unwrap();
+        std::fs::write(d.join("upstream-ca.pem"), &pem).unwrap();
+        let ini = format!("[main]\ntimeout=5\n{main}\n[domains]\nproxy.test={host}:{port}\n");
+        std::fs::write(d.join("auth_proxy.ini"), ini).unwrap();
+        std::fs::write(d.join("auth.ini"), "[main]\nfailure_delay_ms=10\n").unwrap();
+    })
+}
+
+fn tls_upstream(user: &str, pass: &str) -> Sink {
     // The sink offers AUTH only after STARTTLS.
-    let sink = Sink::builder()
-        .starttls()
-        .auth_requires_tls()
-        .auth("carol@proxy.test", "pw-over-tls")
-        .start();
-    let srv = proxy_server(sink.addr(), "required");
+    Sink::builder().starttls().auth_requires_tls().auth(user, pass).start()
+}
+
+#[test]
+fn auth_proxy_uses_starttls_and_verifies_the_upstream() {
+    let sink = tls_upstream("carol@proxy.test", "pw-over-tls");
+    let srv = verified_proxy(&sink, "localhost", "ca=upstream-ca.pem");
+    let (mut c, _) = ehlo(&srv);
+    c.expect(&format!("AUTH PLAIN {}", plain("carol@proxy.test", "pw-over-tls")), 235);
+}
+
+/// The password never goes to an upstream whose certificate does not verify: not signed by a
+/// trusted CA (the system store does not know the sink's), or not for the name posta
+/// connected to. That host counts as unreachable: 454, and it never sees AUTH.
+#[test]
+fn auth_proxy_refuses_an_upstream_certificate_that_does_not_verify() {
+    for (host, main) in [("localhost", ""), ("127.0.0.1", "ca=upstream-ca.pem")] {
+        let sink = tls_upstream("carol@proxy.test", "pw-over-tls");
+        let srv = verified_proxy(&sink, host, main);
+        let (mut c, _) = ehlo(&srv);
+        c.expect(&format!("AUTH PLAIN {}", plain("carol@proxy.test", "pw-over-tls")), 454);
+        assert!(
+            !sink.refusals().iter().any(|r| r.stage == "AUTH"),
+            "{host} {main:?}: the password reached the upstream: {:?}",
+            sink.refusals()
+        );
+    }
+}
+
+/// `tls_verify=false`: Haraka's behaviour, any certificate.
+#[test]
+fn auth_proxy_tls_verify_false_accepts_any_certificate() {
+    let sink = tls_upstream("carol@proxy.test", "pw-over-tls");
+    let srv = verified_proxy(&sink, "127.0.0.1", "tls_verify=false");
     let (mut c, _) = ehlo(&srv);
     c.expect(&format!("AUTH PLAIN {}", plain("carol@proxy.test", "pw-over-tls")), 235);
 }
@@ -311,7 +352,11 @@ fn secrets_never_logged() {
         "auth/flat_file\nauth/auth_proxy\nrcpt_to.in_host_list\n",
     )
     .unwrap();
-    let proxy = format!("[domains]\nproxy.test={}\n", sink.addr());
+    std::fs::write(dir.join("upstream-ca.pem"), sink.cert_pem()).unwrap();
+    let proxy = format!(
+        "[main]\nca=upstream-ca.pem\n[domains]\nproxy.test=localhost:{}\n",
+        sink.port()
+    );
     std::fs::write(dir.join("auth_proxy.ini"), proxy).unwrap();
     let smtp = format!("[main]\nlisten=127.0.0.1:{port}\nnodes=1\nforce_shutdown_timeout=5\n");
     std::fs::write(dir.join("smtp.ini"), smtp).unwrap();

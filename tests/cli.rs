@@ -87,3 +87,21 @@ fn missing_config_dir() {
     assert!(!ok);
     assert!(text.contains("does not exist"), "{text}");
 }
+
+/// `auth_proxy.ini`: an unreadable or empty `ca` and a bad `tls_verify` stop start-up with the
+/// file and key named.
+#[test]
+fn auth_proxy_tls_settings_are_checked() {
+    for (ini, needle) in [
+        ("[main]\nca=missing.pem\n", "auth_proxy.ini: [main] ca"),
+        ("[main]\nca=empty.pem\n", "no CA certificate found"),
+        ("[main]\ntls_verify=maybe\n", "auth_proxy.ini: [main] tls_verify"),
+    ] {
+        let dir = config_with("auth_proxy.ini", ini);
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        std::fs::write(dir.path().join("plugins"), "auth/auth_proxy\nrcpt_to.in_host_list\n").unwrap();
+        let (ok, text) = posta(&["check-config", "-c"], dir.path());
+        assert!(!ok, "{ini:?} was accepted");
+        assert!(text.contains(needle), "{ini:?}: {text}");
+    }
+}

@@ -61,6 +61,17 @@ pub fn opportunistic_client() -> Arc<rustls::ClientConfig> {
     Arc::new(cfg)
 }
 
+/// A client config that verifies the server's certificate chain and name against `roots`.
+pub fn verifying_client(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
 /// The SNI name for a host (an IP address when the host is not a DNS name).
 pub fn server_name(host: &str, ip: std::net::IpAddr) -> ServerName<'static> {
     ServerName::try_from(host.to_string()).unwrap_or(ServerName::IpAddress(ip.into()))

@@ -397,10 +397,10 @@ fn cert_names(cert: &CertificateDer<'_>, path: &Path, dir: &Path) -> Result<Vec<
 
 type Verifier = Arc<dyn rustls::server::danger::ClientCertVerifier>;
 
-/// Client-certificate verifiers against the `ca` bundle: (optional, required).
-fn client_verifiers(ca: &Path, provider: &Arc<CryptoProvider>) -> Result<(Verifier, Verifier), ConfigError> {
+/// The CA certificates of a PEM bundle, for the config error of `file`, `[main] ca`.
+pub fn load_roots(file: &str, ca: &Path) -> Result<rustls::RootCertStore, ConfigError> {
     let key = Some("[main] ca".to_string());
-    let err = |p: String| ConfigError::new(FILE, key.clone(), format!("{}: {p}", ca.display()));
+    let err = |p: String| ConfigError::new(file, key.clone(), format!("{}: {p}", ca.display()));
     let pem = std::fs::read(ca).map_err(|e| err(format!("cannot read: {e}")))?;
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(&pem) {
@@ -410,7 +410,13 @@ fn client_verifiers(ca: &Path, provider: &Arc<CryptoProvider>) -> Result<(Verifi
     if roots.is_empty() {
         return Err(err("no CA certificate found".into()));
     }
-    let roots = Arc::new(roots);
+    Ok(roots)
+}
+
+/// Client-certificate verifiers against the `ca` bundle: (optional, required).
+fn client_verifiers(ca: &Path, provider: &Arc<CryptoProvider>) -> Result<(Verifier, Verifier), ConfigError> {
+    let err = |p: String| ConfigError::new(FILE, Some("[main] ca".to_string()), format!("{}: {p}", ca.display()));
+    let roots = Arc::new(load_roots(FILE, ca)?);
     let builder = || WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
     let optional = builder()
         .allow_unauthenticated()

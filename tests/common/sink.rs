@@ -270,6 +270,8 @@ impl Shared {
 /// A running sink; dropping it closes the listener and every session.
 pub struct Sink {
     addr: SocketAddr,
+    /// The STARTTLS certificate (PEM), self-signed for `sink.test` and `localhost`.
+    cert_pem: Option<String>,
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -289,7 +291,10 @@ impl Sink {
         let std_listener = std::net::TcpListener::bind(cfg.addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
-        let tls = cfg.starttls.then(tls_acceptor);
+        let (tls, cert_pem) = match cfg.starttls.then(tls_acceptor) {
+            Some((acceptor, pem)) => (Some(acceptor), Some(pem)),
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
             stats: Mutex::new(SinkStats::default()),
             changed: Condvar::new(),
@@ -319,6 +324,7 @@ impl Sink {
             })?;
         Ok(Sink {
             addr,
+            cert_pem,
             shared,
             stop: Some(stop),
             thread: Some(thread),
@@ -327,6 +333,10 @@ impl Sink {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+    /// The STARTTLS certificate in PEM (a sink built with `starttls()`).
+    pub fn cert_pem(&self) -> &str {
+        self.cert_pem.as_deref().expect("a sink with starttls()")
     }
     pub fn port(&self) -> u16 {
         self.addr.port()
@@ -432,7 +442,8 @@ pub fn free_port_on(ips: &[IpAddr]) -> u16 {
     panic!("no port free on all of {ips:?}");
 }
 
-fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+/// The acceptor and its certificate in PEM.
+fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     let ck = rcgen::generate_simple_self_signed(vec!["sink.test".to_string(), "localhost".to_string()])
         .expect("self-signed certificate");
@@ -443,7 +454,7 @@ fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
         .with_no_client_auth()
         .with_single_cert(vec![ck.cert.der().clone()], key)
         .expect("server certificate");
-    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    (tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), ck.cert.pem())
 }
 
 async fn accept_loop(

@@ -5,6 +5,8 @@
 //! [main]
 //! timeout = 10          ; seconds for one upstream host (connect, EHLO, STARTTLS, AUTH)
 //! tls = required        ; or opportunistic: send the password without STARTTLS too
+//! tls_verify = true     ; check the upstream's certificate (chain and host name)
+//! ca = upstream-ca.pem  ; trust these CAs for it (default: the system's CA store)
 //! [domains]
 //! example.com = mail.example.com:587,[2001:db8::1]:25
 //! ```
@@ -57,6 +59,30 @@ enum Verdict {
     Unknown,
 }
 
+/// `tls_verify` (default true): verify the upstream's certificate against `ca` or the system's
+/// CA store; false accepts any certificate (Haraka's behaviour).
+fn client_tls(cfg: &Config, ini: &crate::config::IniFile) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    if !ini.bool("main", "tls_verify", true)? {
+        return Ok(crate::actors::tls::opportunistic_client());
+    }
+    let roots = match ini.get("main", "ca").filter(|c| !c.trim().is_empty()) {
+        Some(ca) => crate::config::tls::load_roots(FILE, &cfg.dir.join(ca.trim()))?,
+        None => system_roots().map_err(|p| ini.invalid("main", "tls_verify", p))?,
+    };
+    Ok(crate::actors::tls::verifying_client(roots))
+}
+
+/// The system's CA store (`/etc/ssl/certs` and the like; `SSL_CERT_FILE`/`SSL_CERT_DIR`).
+fn system_roots() -> Result<rustls::RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err("no CA certificate in the system store: set [main] ca, or tls_verify=false".into());
+    }
+    Ok(roots)
+}
+
 impl AuthProxy {
     pub fn build(cfg: &Config) -> Result<Arc<dyn Plugin>, ConfigError> {
         let ini = cfg.ini(FILE)?;
@@ -75,7 +101,7 @@ impl AuthProxy {
             domains,
             timeout: Duration::from_secs(secs),
             helo: cfg.me.clone(),
-            tls: crate::actors::tls::opportunistic_client(),
+            tls: client_tls(cfg, &ini)?,
             require_tls,
         }))
     }
@@ -277,7 +303,10 @@ impl ProxyConn {
                 self.stream = Stream::Tls(Box::new(s));
                 self.session.tls_done(true);
             }
-            Err(_) => self.session.tls_done(false),
+            Err(e) => {
+                tracing::warn!(host = %self.host, error = %e, "auth_proxy: TLS with the upstream failed");
+                self.session.tls_done(false)
+            }
         }
     }
 }
