@@ -268,6 +268,55 @@ impl ConnLimits {
     }
 }
 
+/// AUTH failures per client address over all its connections (`auth.ini lockout_failures`):
+/// past the limit, the address's AUTH attempts are answered without being checked until the
+/// window that started with its first counted failure is over. Memory is bounded: past
+/// `PRUNE_AT` addresses, those whose window is over are dropped.
+#[derive(Debug, Default)]
+pub struct AuthLockout {
+    /// Address key → (failures, start of its window).
+    failures: DashMap<IpAddr, (u32, Instant)>,
+}
+
+impl AuthLockout {
+    /// Whether `ip` has reached `max` failures within `window` (never when `max` is 0).
+    pub fn locked(&self, ip: IpAddr, max: u32, window: Duration) -> bool {
+        self.locked_at(ip, max, window, Instant::now())
+    }
+
+    fn locked_at(&self, ip: IpAddr, max: u32, window: Duration, now: Instant) -> bool {
+        if max == 0 {
+            return false;
+        }
+        let n = match self.failures.get(&client_key(ip)) {
+            Some(e) if now.saturating_duration_since(e.1) < window => e.0,
+            _ => 0,
+        };
+        n >= max
+    }
+
+    /// Count `n` more failures for `ip`; the address's count now.
+    pub fn failed(&self, ip: IpAddr, n: u32, window: Duration) -> u32 {
+        self.failed_at(ip, n, window, Instant::now())
+    }
+
+    fn failed_at(&self, ip: IpAddr, n: u32, window: Duration, now: Instant) -> u32 {
+        let count = {
+            let mut e = self.failures.entry(client_key(ip)).or_insert((0, now));
+            if now.saturating_duration_since(e.1) >= window {
+                *e = (0, now);
+            }
+            e.0 = e.0.saturating_add(n);
+            e.0
+        };
+        if self.failures.len() > PRUNE_AT {
+            self.failures
+                .retain(|_, (_, start)| now.saturating_duration_since(*start) < window);
+        }
+        count
+    }
+}
+
 /// The address a client is counted under: IPv4 as is (an IPv4-mapped IPv6 address as its
 /// IPv4 address), IPv6 by its /64, which is what one subscriber or host usually gets; counting
 /// each /128 would give a single host 2^64 separate budgets.
@@ -332,6 +381,27 @@ impl Drop for ConnSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_lockout_counts_per_address_within_the_window() {
+        let l = AuthLockout::default();
+        let (t0, w) = (Instant::now(), Duration::from_secs(600));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6_same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
+        assert_eq!(l.failed_at(a, 2, w, t0), 2);
+        assert!(!l.locked_at(a, 3, w, t0));
+        assert_eq!(l.failed_at(a, 1, w, t0 + Duration::from_secs(10)), 3);
+        assert!(l.locked_at(a, 3, w, t0 + Duration::from_secs(10)));
+        assert!(!l.locked_at(a, 0, w, t0), "0 is off");
+        // The window counts from the first failure; after it the address starts afresh.
+        assert!(!l.locked_at(a, 3, w, t0 + w));
+        assert_eq!(l.failed_at(a, 1, w, t0 + w), 1);
+        // Another address is not affected; IPv6 counts per /64.
+        assert!(!l.locked_at("192.0.2.2".parse().unwrap(), 3, w, t0));
+        l.failed_at(v6, 3, w, t0);
+        assert!(l.locked_at(v6_same_64, 3, w, t0));
+    }
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([127, 0, 0, last])

@@ -169,6 +169,8 @@ pub struct LimitCounters {
     pub deadline_command: AtomicU64,
     pub deadline_message: AtomicU64,
     pub deadline_session: AtomicU64,
+    /// AUTH attempts refused unchecked by `auth.ini lockout_failures`.
+    pub auth_lockouts: AtomicU64,
 }
 
 impl LimitCounters {
@@ -221,6 +223,14 @@ impl LimitCounters {
         ] {
             sample(out, name, Some(("deadline", deadline)), load(c));
         }
+        let name = "posta_auth_lockouts_total";
+        header(
+            out,
+            name,
+            "counter",
+            "AUTH attempts answered 454 without a check: too many failures from the client's address.",
+        );
+        sample(out, name, None, load(&self.auth_lockouts));
     }
 }
 
@@ -670,7 +680,7 @@ mod tests {
                 assert!(typed.contains(family), "sample before its TYPE: {line}");
             }
         }
-        assert_eq!(typed.len(), 26);
+        assert_eq!(typed.len(), 27);
         assert!(text.contains("posta_connections_refused_total{reason=\"per_ip\"} 0\n"));
         assert!(text.contains("posta_session_deadlines_total{deadline=\"command\"} 0\n"));
         assert!(text.ends_with('\n'));

@@ -64,6 +64,7 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
         reload: std::sync::OnceLock::new(),
         tls: std::sync::RwLock::new(tls),
         limits: crate::limits::ConnLimits::new(cfg.limits.clone()),
+        auth_lockout: Default::default(),
         deadlines: std::sync::RwLock::new(cfg.deadlines.clone()),
     });
     let nodes = cfg.smtp.nodes.max(1);
@@ -401,8 +402,15 @@ async fn graceful_stop(shared: &Shared, limit: std::time::Duration, term: &mut S
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let live = crate::metrics::metrics().connection.live();
+        // Bounded like the rest: a busy queue manager must not hold up the deadline or a
+        // second signal.
         let delivering = match &queue {
-            Some(q) => q.send(crate::actors::queue_manager::Drain).await.unwrap_or(0),
+            Some(q) => tokio::select! {
+                r = q.send(crate::actors::queue_manager::Drain) => r.unwrap_or(0),
+                _ = tokio::time::sleep_until(deadline) => 1,
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+            },
             None => 0,
         };
         if (live == 0 && delivering == 0) || tokio::time::Instant::now() >= deadline {

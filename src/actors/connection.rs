@@ -51,6 +51,8 @@ pub struct Shared {
     pub tls: std::sync::RwLock<Option<InboundTls>>,
     /// Connection limits, checked by the listener (`connection.ini [max] connections*`).
     pub limits: Arc<crate::limits::ConnLimits>,
+    /// AUTH failures per client address over all connections (`auth.ini lockout_*`).
+    pub auth_lockout: crate::limits::AuthLockout,
     /// Slow-client deadlines (`connection.ini [deadline]`), swapped on reload; a connection
     /// keeps the ones it started with.
     pub deadlines: std::sync::RwLock<DeadlineConfig>,
@@ -115,6 +117,7 @@ impl ConnectionActor {
                 txn_log: None,
                 slot: None,
                 client_ip: None,
+                auth_failures_counted: 0,
             }),
         }
     }
@@ -235,6 +238,8 @@ struct Driver {
     slot: Option<ConnSlot>,
     /// The client the slot counts (XCLIENT may name another one).
     client_ip: Option<std::net::IpAddr>,
+    /// The session's AUTH failure count already added to `shared.auth_lockout`.
+    auth_failures_counted: u32,
 }
 
 impl Driver {
@@ -277,6 +282,7 @@ impl Driver {
                 Action::Pause(d) => tokio::time::sleep(d).await,
             }
             TxnLog::track(&mut self.txn_log, self.session.txn());
+            self.count_auth_failures();
             self.follow_client();
         }
     }
@@ -318,8 +324,51 @@ impl Driver {
         }
     }
 
+    /// Add the session's new AUTH failures to its client address's count (all connections).
+    fn count_auth_failures(&mut self) {
+        let n = self.session.conn().auth_failures;
+        if n > self.auth_failures_counted {
+            let window = self.session.config().auth.lockout_window;
+            let ip = self.session.conn().remote.ip;
+            self.shared
+                .auth_lockout
+                .failed(ip, n - self.auth_failures_counted, window);
+        }
+        // Also when the count started again (XCLIENT names another client).
+        self.auth_failures_counted = n;
+    }
+
+    /// `auth.ini lockout_failures` reached by this client address: the credentials are not
+    /// checked, the client gets `454 4.7.0` and is disconnected.
+    fn auth_locked_out(&mut self, user: &str) -> bool {
+        let auth = &self.session.config().auth;
+        let ip = self.session.conn().remote.ip;
+        if !self
+            .shared
+            .auth_lockout
+            .locked(ip, auth.lockout_failures, auth.lockout_window)
+        {
+            return false;
+        }
+        metrics()
+            .limits
+            .auth_lockouts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(client = %ip, user = %user, "auth refused: too many failures from this address");
+        self.session.hook_done(crate::hooks::HookResult::with_msg(
+            crate::hooks::Outcome::DenySoftDisconnect,
+            "Too many authentication failures from your address, try again later",
+        ));
+        true
+    }
+
     /// Run the plugin chain; false when a plugin panicked (the connection is then closed).
     async fn hook(&mut self, hook: crate::hooks::Hook) -> bool {
+        if let crate::hooks::Hook::Auth(a) = &hook {
+            if self.auth_locked_out(&a.user) {
+                return true;
+            }
+        }
         if hook == crate::hooks::Hook::ConnectInit {
             super::proxy::log_xclient(self.session.conn());
         }

@@ -331,6 +331,16 @@ fn load_auth(f: &IniFile) -> Result<AuthSettings, ConfigError> {
         max_failures: f
             .u64("main", "max_failures", u64::from(d.max_failures))?
             .min(u64::from(u32::MAX)) as u32,
+        lockout_failures: f
+            .u64("main", "lockout_failures", u64::from(d.lockout_failures))?
+            .min(u64::from(u32::MAX)) as u32,
+        lockout_window: {
+            let secs = f.u64("main", "lockout_window", d.lockout_window.as_secs())?;
+            if !(1..=86_400).contains(&secs) {
+                return Err(f.invalid("main", "lockout_window", "must be 1 to 86400 seconds"));
+            }
+            Duration::from_secs(secs)
+        },
     })
 }
 
@@ -451,6 +461,16 @@ mod tests {
         assert_eq!(a.submission_ports, vec![2587, 2465]);
         assert_eq!(a.failure_delay, Duration::from_millis(10));
         assert_eq!(a.max_failures, 0);
+        std::fs::write(
+            d.path().join("auth.ini"),
+            "[main]\nlockout_failures=7\nlockout_window=60\n",
+        )
+        .unwrap();
+        let a = Config::load(d.path()).unwrap().session.auth;
+        assert_eq!((a.lockout_failures, a.lockout_window), (7, Duration::from_secs(60)));
+        std::fs::write(d.path().join("auth.ini"), "[main]\nlockout_window=0\n").unwrap();
+        let e = Config::load(d.path()).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("[main] lockout_window"));
         std::fs::write(d.path().join("auth.ini"), "[main]\nsubmission_ports=587,smtp\n").unwrap();
         let e = Config::load(d.path()).unwrap_err();
         assert_eq!(

@@ -184,6 +184,12 @@ pub struct AuthSettings {
     pub failure_delay_max: std::time::Duration,
     /// `[main] max_failures`: after this many failures, `421` and close (0: never).
     pub max_failures: u32,
+    /// `[main] lockout_failures`: failures from one client address (IPv6: its /64), over
+    /// all its connections, after which its AUTH attempts are not checked any more until
+    /// `lockout_window` from its first counted failure has passed (0: never).
+    pub lockout_failures: u32,
+    /// `[main] lockout_window`.
+    pub lockout_window: std::time::Duration,
 }
 
 impl Default for AuthSettings {
@@ -195,6 +201,8 @@ impl Default for AuthSettings {
             failure_delay: std::time::Duration::from_secs(1),
             failure_delay_max: std::time::Duration::from_secs(16),
             max_failures: 5,
+            lockout_failures: 30,
+            lockout_window: std::time::Duration::from_secs(600),
         }
     }
 }

@@ -52,22 +52,29 @@ pub fn deliver(dir: &Path, return_path: &str, rcpt: &str, stored: &[u8]) -> Resu
     write_message(dir, return_path, rcpt, stored).map_err(|e| MaildirError::Io(e.to_string()))
 }
 
-/// Create the mailbox's `tmp`, `new` and `cur` (and any missing parent such as the user and
-/// domain directories) and make their entries durable: fsync every directory that gained an
-/// entry, and at least the mailbox and its parent, the first time this process delivers to it.
-/// Without that, a crash could lose a new mailbox directory (and the message in it) after the
-/// queue file was already removed.
+/// Create the mailbox's `tmp`, `new` and `cur` (and any missing parent) and make their entries
+/// durable the first time this process delivers to it: fsync every directory that gained an
+/// entry, and always the mailbox, its domain directory and the Maildir root (another delivery
+/// may have created those a moment ago). One first delivery at a time, so none returns before
+/// the directories it relies on are durable. Without that, a crash could lose a new mailbox
+/// directory (and the message in it) after the queue file was already removed.
 fn ensure_mailbox(dir: &Path) -> io::Result<()> {
     // The `is_dir` check notices a mailbox removed by hand since.
     if DURABLE.lock().unwrap_or_else(|p| p.into_inner()).contains(dir) && dir.join("new").is_dir() {
         return Ok(());
     }
+    static FIRST_DELIVERY: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = FIRST_DELIVERY.lock().unwrap_or_else(|p| p.into_inner());
     // The deepest directory that exists now: the highest one that may gain an entry.
     let existing = dir.ancestors().position(Path::is_dir).unwrap_or(0);
     for sub in ["tmp", "new", "cur"] {
         fs::create_dir_all(dir.join(sub))?;
     }
-    for d in dir.ancestors().take(existing.max(1) + 1) {
+    // `<root>/<domain>/<user>`: the user dir, the domain dir and the root at least.
+    for d in dir.ancestors().take(existing.max(2) + 1) {
+        if d.as_os_str().is_empty() {
+            break;
+        }
         File::open(d)?.sync_all()?;
     }
     let mut known = DURABLE.lock().unwrap_or_else(|p| p.into_inner());

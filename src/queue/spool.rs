@@ -206,9 +206,21 @@ impl Spool {
     fn take_file(&self, name: &str) -> io::Result<(File, PathBuf)> {
         let recycled = {
             let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-            match free.front() {
-                Some((_, generation)) if self.no_fsync || self.dir_sync.is_durable(*generation) => free.pop_front(),
-                _ => None,
+            loop {
+                let state = match free.front() {
+                    None => break None,
+                    Some(_) if self.no_fsync => Some(true),
+                    Some((_, generation)) => self.dir_sync.result(*generation),
+                };
+                match state {
+                    Some(true) => break free.pop_front(),
+                    // Its rename may not be on disk: never overwrite it (it stays a free file
+                    // on disk, found again at the next start).
+                    Some(false) => {
+                        free.pop_front();
+                    }
+                    None => break None,
+                }
             }
         };
         if let Some((path, _)) = recycled {
@@ -400,10 +412,10 @@ struct SyncState {
     next: u64,
     /// Highest generation finished (successfully or not).
     done: u64,
-    /// Highest generation that succeeded.
-    last_ok: u64,
     /// Recent generations whose fsync failed, with the OS error code.
     failed: VecDeque<(u64, Option<i32>)>,
+    /// The highest failed generation dropped from `failed`: results up to it are unknown.
+    forgotten: u64,
     running: bool,
     /// Callers waiting for someone else's fsync (for tests).
     waiting: usize,
@@ -416,22 +428,36 @@ impl SyncState {
     fn finish(&mut self, generation: u64, result: &io::Result<()>) {
         self.done = self.done.max(generation);
         match result {
-            Ok(()) => self.last_ok = self.last_ok.max(generation),
+            Ok(()) => {}
             Err(e) => {
                 if self.failed.len() >= FAILED_KEPT {
-                    self.failed.pop_front();
+                    if let Some((g, _)) = self.failed.pop_front() {
+                        self.forgotten = self.forgotten.max(g);
+                    }
                 }
                 self.failed.push_back((generation, e.raw_os_error()));
             }
         }
     }
 
-    /// The result of the fsync of `generation` (finished).
+    /// Whether the fsync of `generation` succeeded: `None` while it has not finished;
+    /// `Some(false)` when it failed, or when that is no longer known (counted as failed).
+    fn result(&self, generation: u64) -> Option<bool> {
+        if self.done < generation {
+            return None;
+        }
+        let failed = generation <= self.forgotten || self.failed.iter().any(|(g, _)| *g == generation);
+        Some(!failed)
+    }
+
+    /// The result of the fsync of `generation` (finished), as the caller's `io::Result`.
     fn outcome(&self, generation: u64) -> io::Result<()> {
-        match self.failed.iter().find(|(g, _)| *g == generation) {
-            Some((_, Some(code))) => Err(io::Error::from_raw_os_error(*code)),
-            Some((_, None)) => Err(io::Error::other("directory fsync failed")),
-            None => Ok(()),
+        match self.result(generation) {
+            Some(true) => Ok(()),
+            _ => match self.failed.iter().find(|(g, _)| *g == generation) {
+                Some((_, Some(code))) => Err(io::Error::from_raw_os_error(*code)),
+                _ => Err(io::Error::other("directory fsync failed")),
+            },
         }
     }
 }
@@ -453,10 +479,15 @@ impl GroupSync {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).next
     }
 
-    /// Whether an fsync of `generation` or later has succeeded (so every rename done before
-    /// `generation` started is durable).
+    /// Whether the fsync of `generation` made the renames it covered durable: `None` while it
+    /// has not finished, `Some(false)` when it failed (a later success does not cover them).
+    pub fn result(&self, generation: u64) -> Option<bool> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).result(generation)
+    }
+
+    /// Whether the fsync of `generation` has finished and succeeded.
     pub fn is_durable(&self, generation: u64) -> bool {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).last_ok >= generation
+        self.result(generation) == Some(true)
     }
 
     /// Make every rename done before this call durable.
@@ -626,12 +657,16 @@ mod tests {
             std::thread::spawn(move || g.sync_by(|| f()))
         };
         let a = run(&g, &fsync);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while calls.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < until, "A's fsync never started");
             std::thread::yield_now();
         }
         let b = run(&g, &fsync);
         let c = run(&g, &fsync);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while g.state.lock().unwrap().waiting < 2 {
+            assert!(std::time::Instant::now() < until, "B and C never waited for A's fsync");
             std::thread::yield_now();
         }
         release.send(()).unwrap();
@@ -646,9 +681,25 @@ mod tests {
             "no caller ran a third fsync to hide the failure"
         );
         assert!(!g.is_durable(2));
-        // The next caller gets a new fsync, which succeeds.
+        // The next caller gets a new fsync, which succeeds; generation 2 stays failed.
         assert!(g.sync_by(|| fsync()).is_ok());
-        assert!(g.is_durable(2) && g.is_durable(3));
+        assert!(g.is_durable(1) && !g.is_durable(2) && g.is_durable(3));
+        assert_eq!((g.result(2), g.result(4)), (Some(false), None));
+    }
+
+    #[test]
+    fn a_forgotten_failure_still_counts_as_failed() {
+        let mut st = SyncState::default();
+        let eio = Err(io::Error::from_raw_os_error(5));
+        for g in 1..=(FAILED_KEPT as u64 + 1) {
+            st.finish(g, &eio);
+        }
+        st.finish(FAILED_KEPT as u64 + 2, &Ok(()));
+        // Generation 1 left the list: unknown, so failed; the last one succeeded.
+        assert_eq!(st.result(1), Some(false));
+        assert!(st.outcome(1).is_err());
+        assert_eq!(st.result(FAILED_KEPT as u64 + 2), Some(true));
+        assert_eq!(st.result(FAILED_KEPT as u64 + 3), None);
     }
 
     #[test]

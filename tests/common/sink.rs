@@ -257,6 +257,8 @@ struct Shared {
     data_dropped: AtomicUsize,
     /// Replies held back by `reply_delay` so far.
     replies_delayed: AtomicUsize,
+    /// AUTH commands received.
+    auth_commands: AtomicUsize,
     next_conn: AtomicU64,
 }
 
@@ -301,6 +303,7 @@ impl Sink {
             data_failed: AtomicUsize::new(0),
             data_dropped: AtomicUsize::new(0),
             replies_delayed: AtomicUsize::new(0),
+            auth_commands: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -353,6 +356,11 @@ impl Sink {
     pub fn messages(&self) -> Vec<Received> {
         self.shared.stats.lock().unwrap().messages.clone()
     }
+    /// AUTH commands received (any outcome).
+    pub fn auth_commands(&self) -> usize {
+        self.shared.auth_commands.load(Ordering::SeqCst)
+    }
+
     /// Messages whose reply `reply_delay` has begun to hold back.
     pub fn replies_waiting(&self) -> usize {
         self.shared.replies_delayed.load(Ordering::SeqCst)
@@ -712,6 +720,7 @@ impl Session {
     }
 
     async fn auth(&mut self, arg: &str) -> Step {
+        self.shared.auth_commands.fetch_add(1, Ordering::SeqCst);
         let Some((user, pass)) = self.cfg.auth.clone() else {
             return self.say("502 5.5.1 AUTH not offered").await;
         };
