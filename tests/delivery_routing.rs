@@ -766,3 +766,56 @@ fn notify_success_on_a_maildir_delivery_gives_a_delivered_notice_and_failure_onl
         );
     }
 }
+
+// ----- BODY=BINARYMIME (posta sends with DATA only) ----------------------------------------------
+
+/// Submit `body` with `BODY=BINARYMIME` in one `BDAT ... LAST` chunk.
+fn submit_binarymime(srv: &TestServer, rcpt: &str, body: &[u8]) {
+    let mut c = srv.client();
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<alice@sender.test> BODY=BINARYMIME", 250);
+    c.expect(&format!("RCPT TO:<{rcpt}>"), 250);
+    c.send(format!("BDAT {} LAST\r\n", body.len()).as_bytes());
+    c.send(body);
+    assert_eq!(c.reply().map(|r| r.code), Some(250));
+    c.expect("QUIT", 221);
+}
+
+#[test]
+fn binarymime_that_is_8bit_clean_is_relayed_as_8bitmime() {
+    let sink = Sink::start();
+    let dns = remote_and_sender_dns();
+    let srv = start(|d| relay_config(d, &outbound_ini(&dns, sink.port(), true)));
+    submit_binarymime(
+        &srv,
+        "bob@remote.test",
+        "Subject: clean\r\n\r\nGr\u{fc}\u{df}e\r\n.dot\r\n".as_bytes(),
+    );
+    assert!(sink.wait_for(1, WAIT), "sink saw {:?}", sink.stats());
+    let m = &sink.messages()[0];
+    assert_eq!(m.rcpts, vec!["bob@remote.test".to_string()]);
+    assert!(m.mail_params.contains("BODY=8BITMIME"), "{:?}", m.mail_params);
+    assert!(
+        m.body.ends_with("Gr\u{fc}\u{df}e\r\n.dot\r\n".as_bytes()),
+        "{}",
+        m.text()
+    );
+    assert!(queue_drains(&srv), "queue keeps {:?}", srv.queue_files());
+}
+
+#[test]
+fn binarymime_with_binary_content_is_returned_with_5_6_3() {
+    let sink = Sink::start(); // the next hop and the sender's MX
+    let dns = remote_and_sender_dns();
+    let srv = start(|d| relay_config(d, &outbound_ini(&dns, sink.port(), true)));
+    submit_binarymime(
+        &srv,
+        "bob@remote.test",
+        b"Subject: binary\r\n\r\nbare\nline feed and a \0 byte\r\n",
+    );
+    assert!(sink.wait_for(1, WAIT), "no DSN; sink saw {:?}", sink.stats());
+    assert!(queue_drains(&srv), "queue keeps {:?}", srv.queue_files());
+    let msgs = sink.messages();
+    assert_eq!(msgs.len(), 1, "the binary message itself went out");
+    assert_failure_dsn(&msgs[0], "alice@sender.test", "rfc822; bob@remote.test", "5.6.3");
+}

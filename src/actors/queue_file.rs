@@ -375,12 +375,59 @@ async fn target_ips(cx: &DeliveryCtx, t: &MxTarget) -> Result<Vec<IpAddr>, Reaso
     Ok(allowed)
 }
 
+/// posta sends with DATA only (no BDAT outbound). A `BODY=BINARYMIME` message whose content
+/// is valid 8BITMIME anyway goes as such (an identity conversion); one with binary content
+/// (NUL, bare CR/LF, lines over 998 octets) cannot be relayed and is returned with `5.6.3`
+/// (RFC 3030 §3: convert or return). `None`: not BINARYMIME, send as usual.
+async fn binary_content(item: &QueueItem) -> Result<Option<bool>, Reason> {
+    if item.todo.extra.get("body").and_then(|v| v.as_str()) != Some("BINARYMIME") {
+        return Ok(None);
+    }
+    let (path, offset, len) = (item.path.clone(), item.body_offset, item.body_len);
+    let scan = actix_rt::task::spawn_blocking(move || -> std::io::Result<bool> {
+        use std::io::{Read, Seek};
+        let mut f = std::fs::File::open(path)?;
+        f.seek(std::io::SeekFrom::Start(offset))?;
+        let mut check = dsn::EightBitCheck::new(true);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = f.read(&mut buf[..want])?;
+            if n == 0 {
+                break;
+            }
+            check.feed(&buf[..n]);
+            left -= n as u64;
+        }
+        Ok(!check.ok())
+    })
+    .await;
+    match scan {
+        Ok(Ok(binary)) => Ok(Some(binary)),
+        Ok(Err(e)) => Err(Reason::local("4.3.0", format!("cannot read the queue file: {e}"))),
+        Err(e) => Err(Reason::local("4.3.0", e.to_string())),
+    }
+}
+
 async fn try_target(cx: &DeliveryCtx, item: &QueueItem, t: &MxTarget) -> Result<(Vec<Fate>, Option<HandOver>), Reason> {
+    let mut env = envelope(item);
+    match binary_content(item).await? {
+        Some(true) => {
+            let r = Reason::local(
+                "5.6.3",
+                "Binary content (BODY=BINARYMIME) cannot be relayed: posta does not send with BDAT",
+            );
+            return Ok((vec![Fate::Perm(r); item.todo.rcpt_to.len()], None));
+        }
+        Some(false) => env.eight_bit = true,
+        None => {}
+    }
     let ips = target_ips(cx, t).await?;
     let msg = Deliver {
         ticket: MailboxTicket::new(&metrics().remote_mx.mailbox),
         ips,
-        envelope: envelope(item),
+        envelope: env,
         body: BodySource {
             path: item.path.clone(),
             offset: item.body_offset,

@@ -993,27 +993,68 @@ fn split_lines(s: &[u8]) -> Vec<&[u8]> {
 /// (RFC 2045 2.8: CRLF lines of at most 998 octets, no NUL). Otherwise (BINARYMIME content,
 /// bare CR/LF) only its headers are returned.
 fn fits_in_8bit_mime(msg: &[u8]) -> bool {
-    let mut line_len = 0usize;
-    let mut i = 0;
-    while i < msg.len() {
-        match msg[i] {
-            0 => return false,
-            b'\r' if msg.get(i + 1) == Some(&b'\n') => {
-                line_len = 0;
-                i += 2;
+    let mut c = EightBitCheck::new(false);
+    c.feed(msg);
+    c.ok()
+}
+
+/// Streaming check that content is valid 8BITMIME (RFC 6152): CRLF lines of at most 998
+/// octets, no NUL, no bare CR or LF. `stuffed`: the input is the stored, dot-stuffed form (a
+/// line starting with `.` carries one extra dot).
+#[derive(Debug, Clone)]
+pub struct EightBitCheck {
+    stuffed: bool,
+    line_len: usize,
+    dotted: bool,
+    cr: bool,
+    bad: bool,
+}
+
+impl EightBitCheck {
+    pub fn new(stuffed: bool) -> Self {
+        EightBitCheck {
+            stuffed,
+            line_len: 0,
+            dotted: false,
+            cr: false,
+            bad: false,
+        }
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.bad {
+                return;
+            }
+            if self.cr {
+                self.cr = false;
+                if b != b'\n' {
+                    self.bad = true;
+                    return;
+                }
+                (self.line_len, self.dotted) = (0, false);
                 continue;
             }
-            b'\r' | b'\n' => return false,
-            _ => {
-                line_len += 1;
-                if line_len > MAX_LINE {
-                    return false;
+            match b {
+                0 | b'\n' => self.bad = true,
+                b'\r' => self.cr = true,
+                _ => {
+                    if self.line_len == 0 && b == b'.' && self.stuffed {
+                        self.dotted = true;
+                    }
+                    self.line_len += 1;
+                    if self.line_len - usize::from(self.dotted) > MAX_LINE {
+                        self.bad = true;
+                    }
                 }
             }
         }
-        i += 1;
     }
-    true
+
+    /// Everything fed so far is valid (a trailing CR is not).
+    pub fn ok(&self) -> bool {
+        !self.bad && !self.cr
+    }
 }
 
 /// The header section: through the CRLF of its last line, without the empty line after it.
@@ -1127,6 +1168,26 @@ fn bare_address(a: &TodoAddress) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eight_bit_check_streams_and_knows_dot_stuffing() {
+        let check = |stuffed: bool, chunks: &[&[u8]]| {
+            let mut c = EightBitCheck::new(stuffed);
+            chunks.iter().for_each(|b| c.feed(b));
+            c.ok()
+        };
+        assert!(check(false, &[b"a\r", b"\nb\xff\r\n"]), "CR and LF split over chunks");
+        assert!(!check(false, &[b"a\nb\r\n"]), "bare LF");
+        assert!(!check(false, &[b"a\rb\r\n"]), "bare CR");
+        assert!(!check(false, &[b"a\0b\r\n"]), "NUL");
+        assert!(!check(false, &[b"a\r"]), "ends in CR");
+        let line = vec![b'x'; 998];
+        let dotted = [b".".as_slice(), &line, b"\r\n"].concat();
+        assert!(check(false, &[&line, b"\r\n"]));
+        assert!(!check(false, &[&dotted]), "999 octets unstuffed");
+        assert!(check(true, &[&dotted]), "998 octets once the stuffed dot is removed");
+        assert!(!check(true, &[b"x", &dotted]), "only a leading dot is stuffing");
+    }
     use mail_parser::{MessageParser, MimeHeaders, PartType};
 
     const ORIGINAL: &[u8] = b"Received: from client.example by mx.example\r\n\
