@@ -270,50 +270,111 @@ impl ConnLimits {
 
 /// AUTH failures per client address over all its connections (`auth.ini lockout_failures`):
 /// past the limit, the address's AUTH attempts are answered without being checked until the
-/// window that started with its first counted failure is over. Memory is bounded: past
-/// `PRUNE_AT` addresses, those whose window is over are dropped.
-#[derive(Debug, Default)]
+/// window that started with its first counted failure is over. An attempt being checked holds
+/// a place ([`AuthLockout::begin`] .. [`AuthLockout::end`]), so parallel connections cannot
+/// get more checks through than the limit. Memory is bounded: at most `LOCKOUT_MAX_TRACKED`
+/// addresses (past it, new addresses are not tracked until old windows end); a pass drops
+/// ended windows each time the map has doubled since the last one.
+#[derive(Debug)]
 pub struct AuthLockout {
-    /// Address key → (failures, start of its window).
-    failures: DashMap<IpAddr, (u32, Instant)>,
+    /// Address key → its window.
+    entries: DashMap<IpAddr, LockoutEntry>,
+    prune_at: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LockoutEntry {
+    failures: u32,
+    /// Attempts being checked now.
+    checking: u32,
+    start: Instant,
+}
+
+/// Addresses tracked at most by [`AuthLockout`].
+const LOCKOUT_MAX_TRACKED: usize = 100_000;
+
+impl Default for AuthLockout {
+    fn default() -> Self {
+        AuthLockout {
+            entries: DashMap::new(),
+            prune_at: AtomicUsize::new(PRUNE_AT),
+        }
+    }
 }
 
 impl AuthLockout {
-    /// Whether `ip` has reached `max` failures within `window` (never when `max` is 0).
-    pub fn locked(&self, ip: IpAddr, max: u32, window: Duration) -> bool {
-        self.locked_at(ip, max, window, Instant::now())
+    /// An AUTH attempt from `ip` is about to be checked: false when the address is locked out
+    /// (`max` failures and attempts in progress within `window`; never when `max` is 0),
+    /// else its place is held until [`end`](Self::end).
+    pub fn begin(&self, ip: IpAddr, max: u32, window: Duration) -> bool {
+        self.begin_at(ip, max, window, Instant::now())
     }
 
-    fn locked_at(&self, ip: IpAddr, max: u32, window: Duration, now: Instant) -> bool {
+    fn begin_at(&self, ip: IpAddr, max: u32, window: Duration, now: Instant) -> bool {
         if max == 0 {
+            return true;
+        }
+        self.maybe_prune(window, now);
+        let key = client_key(ip);
+        if !self.entries.contains_key(&key) && self.entries.len() >= LOCKOUT_MAX_TRACKED {
+            return true; // full: not tracked (see the type's documentation)
+        }
+        let mut e = self.entries.entry(key).or_insert(LockoutEntry {
+            failures: 0,
+            checking: 0,
+            start: now,
+        });
+        if now.saturating_duration_since(e.start) >= window {
+            (e.failures, e.start) = (0, now);
+        }
+        if e.failures.saturating_add(e.checking) >= max {
             return false;
         }
-        let n = match self.failures.get(&client_key(ip)) {
-            Some(e) if now.saturating_duration_since(e.1) < window => e.0,
-            _ => 0,
-        };
-        n >= max
+        e.checking += 1;
+        true
     }
 
-    /// Count `n` more failures for `ip`; the address's count now.
-    pub fn failed(&self, ip: IpAddr, n: u32, window: Duration) -> u32 {
-        self.failed_at(ip, n, window, Instant::now())
+    /// The attempt [`begin`](Self::begin) let through was checked, with `failures` new
+    /// failures (0 or 1).
+    pub fn end(&self, ip: IpAddr, failures: u32, max: u32, window: Duration) {
+        self.end_at(ip, failures, max, window, Instant::now())
     }
 
-    fn failed_at(&self, ip: IpAddr, n: u32, window: Duration, now: Instant) -> u32 {
-        let count = {
-            let mut e = self.failures.entry(client_key(ip)).or_insert((0, now));
-            if now.saturating_duration_since(e.1) >= window {
-                *e = (0, now);
-            }
-            e.0 = e.0.saturating_add(n);
-            e.0
-        };
-        if self.failures.len() > PRUNE_AT {
-            self.failures
-                .retain(|_, (_, start)| now.saturating_duration_since(*start) < window);
+    fn end_at(&self, ip: IpAddr, failures: u32, max: u32, window: Duration, now: Instant) {
+        if max == 0 {
+            return;
         }
-        count
+        if let Some(mut e) = self.entries.get_mut(&client_key(ip)) {
+            e.checking = e.checking.saturating_sub(1);
+            if now.saturating_duration_since(e.start) >= window {
+                (e.failures, e.start) = (0, now);
+            }
+            e.failures = e.failures.saturating_add(failures);
+        }
+    }
+
+    /// Failures outside an attempt's check (a SASL exchange the server refused itself).
+    pub fn failed(&self, ip: IpAddr, n: u32, max: u32, window: Duration) {
+        if max > 0 && self.begin(ip, u32::MAX, window) {
+            self.end(ip, n, max, window);
+        }
+    }
+
+    /// Drop ended windows once the map has doubled since the last pass.
+    fn maybe_prune(&self, window: Duration, now: Instant) {
+        let at = self.prune_at.load(Ordering::Relaxed);
+        if self.entries.len() <= at {
+            return;
+        }
+        self.entries
+            .retain(|_, e| e.checking > 0 || now.saturating_duration_since(e.start) < window);
+        self.prune_at
+            .store((self.entries.len() * 2).max(PRUNE_AT), Ordering::Relaxed);
+    }
+
+    /// Addresses tracked (tests).
+    pub fn tracked(&self) -> usize {
+        self.entries.len()
     }
 }
 
@@ -387,20 +448,47 @@ mod tests {
         let l = AuthLockout::default();
         let (t0, w) = (Instant::now(), Duration::from_secs(600));
         let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        let v6_same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
-        assert_eq!(l.failed_at(a, 2, w, t0), 2);
-        assert!(!l.locked_at(a, 3, w, t0));
-        assert_eq!(l.failed_at(a, 1, w, t0 + Duration::from_secs(10)), 3);
-        assert!(l.locked_at(a, 3, w, t0 + Duration::from_secs(10)));
-        assert!(!l.locked_at(a, 0, w, t0), "0 is off");
+        let fail = |ip: IpAddr, at: Instant| {
+            assert!(l.begin_at(ip, 3, w, at));
+            l.end_at(ip, 1, 3, w, at);
+        };
+        fail(a, t0);
+        fail(a, t0);
+        // A third attempt is being checked: no fourth one gets through meanwhile.
+        assert!(l.begin_at(a, 3, w, t0));
+        assert!(!l.begin_at(a, 3, w, t0), "parallel attempts past the limit");
+        l.end_at(a, 0, 3, w, t0); // it succeeded
+        fail(a, t0 + Duration::from_secs(10));
+        assert!(!l.begin_at(a, 3, w, t0 + Duration::from_secs(10)), "locked");
+        assert!(l.begin_at(a, 0, w, t0), "0 is off");
         // The window counts from the first failure; after it the address starts afresh.
-        assert!(!l.locked_at(a, 3, w, t0 + w));
-        assert_eq!(l.failed_at(a, 1, w, t0 + w), 1);
+        assert!(l.begin_at(a, 3, w, t0 + w));
+        l.end_at(a, 0, 3, w, t0 + w);
         // Another address is not affected; IPv6 counts per /64.
-        assert!(!l.locked_at("192.0.2.2".parse().unwrap(), 3, w, t0));
-        l.failed_at(v6, 3, w, t0);
-        assert!(l.locked_at(v6_same_64, 3, w, t0));
+        assert!(l.begin_at("192.0.2.2".parse().unwrap(), 3, w, t0));
+        for _ in 0..3 {
+            fail("2001:db8::1".parse().unwrap(), t0);
+        }
+        assert!(!l.begin_at("2001:db8::ffff".parse().unwrap(), 3, w, t0));
+    }
+
+    #[test]
+    fn auth_lockout_map_is_bounded_and_pruned() {
+        let l = AuthLockout::default();
+        let (t0, w) = (Instant::now(), Duration::from_secs(60));
+        for i in 0..(PRUNE_AT as u32 + 10) {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(l.begin_at(ip, 5, w, t0));
+            l.end_at(ip, 1, 5, w, t0);
+        }
+        assert_eq!(l.tracked(), PRUNE_AT + 10, "nothing to drop while every window is open");
+        // Their windows are over: once the map has doubled, a pass drops them.
+        for i in 0..(PRUNE_AT as u32 + 10) {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+            assert!(l.begin_at(ip, 5, w, t0 + w));
+            l.end_at(ip, 1, 5, w, t0 + w);
+        }
+        assert!(l.tracked() <= PRUNE_AT + 10, "{} tracked", l.tracked());
     }
 
     fn ip(last: u8) -> IpAddr {

@@ -173,7 +173,8 @@ fn client_from(source: &str, to: SocketAddr) -> Client {
 }
 
 /// `lockout_failures` counts an address's failures over all its connections: once reached,
-/// even the right password is not checked (454 4.7.0, closed); another address is unaffected.
+/// even the right password is not checked (454 4.7.0, closed); another address is unaffected,
+/// and so is an address in `connections_exempt`.
 #[test]
 fn failures_over_many_connections_lock_the_address_out() {
     let srv = auth_server("max_failures=2\nlockout_failures=4\nlockout_window=600\n");
@@ -192,6 +193,14 @@ fn failures_over_many_connections_lock_the_address_out() {
     // Another address still logs in.
     let mut c = client_from("127.0.0.4", srv.addr());
     c.expect("EHLO client.test", 250);
+    c.expect(&format!("AUTH PLAIN {}", plain(USER, PASS)), 235);
+    // 127.0.0.1 is in connection.ini's default connections_exempt: never locked out.
+    for _ in 0..3 {
+        let (mut c, _) = ehlo(&srv);
+        c.expect(&format!("AUTH PLAIN {}", plain(USER, "guess-1")), 535);
+        c.expect(&format!("AUTH PLAIN {}", plain(USER, "guess-2")), 421);
+    }
+    let (mut c, _) = ehlo(&srv);
     c.expect(&format!("AUTH PLAIN {}", plain(USER, PASS)), 235);
 }
 

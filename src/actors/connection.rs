@@ -278,7 +278,10 @@ impl Driver {
                 Action::Discard => self.txn = None,
                 Action::NeedInput => self.input().await,
                 Action::StartTls { discarded } => self.start_tls(discarded).await,
-                Action::Close => return self.close().await,
+                Action::Close => {
+                    self.count_auth_failures();
+                    return self.close().await;
+                }
                 Action::Pause(d) => tokio::time::sleep(d).await,
             }
             TxnLog::track(&mut self.txn_log, self.session.txn());
@@ -324,51 +327,69 @@ impl Driver {
         }
     }
 
-    /// Add the session's new AUTH failures to its client address's count (all connections).
+    /// Add the session's new AUTH failures (those outside a checked attempt: a SASL exchange
+    /// the server refused itself) to its client address's count over all connections.
     fn count_auth_failures(&mut self) {
         let n = self.session.conn().auth_failures;
         if n > self.auth_failures_counted {
-            let window = self.session.config().auth.lockout_window;
+            let auth = &self.session.config().auth;
             let ip = self.session.conn().remote.ip;
-            self.shared
-                .auth_lockout
-                .failed(ip, n - self.auth_failures_counted, window);
+            let (max, window) = (auth.lockout_failures, auth.lockout_window);
+            if !self.auth_lockout_exempt(ip) {
+                self.shared
+                    .auth_lockout
+                    .failed(ip, n - self.auth_failures_counted, max, window);
+            }
         }
-        // Also when the count started again (XCLIENT names another client).
         self.auth_failures_counted = n;
     }
 
-    /// `auth.ini lockout_failures` reached by this client address: the credentials are not
-    /// checked, the client gets `454 4.7.0` and is disconnected.
-    fn auth_locked_out(&mut self, user: &str) -> bool {
+    /// `connection.ini [max] connections_exempt` also exempts from the AUTH lockout.
+    fn auth_lockout_exempt(&self, ip: std::net::IpAddr) -> bool {
+        let cfg = self.shared.limits.config();
+        cfg.exempt.iter().any(|n| n.contains(&ip.to_canonical()))
+    }
+
+    /// Run the auth hook under `auth.ini lockout_*`: an address that reached the limit gets
+    /// `454 4.7.0` and a close without its credentials being checked; otherwise the attempt
+    /// holds a place while it is checked, and its outcome is counted.
+    async fn auth_hook(&mut self, hook: crate::hooks::Hook, user: &str) -> bool {
         let auth = &self.session.config().auth;
+        let (max, window) = (auth.lockout_failures, auth.lockout_window);
         let ip = self.session.conn().remote.ip;
-        if !self
-            .shared
-            .auth_lockout
-            .locked(ip, auth.lockout_failures, auth.lockout_window)
-        {
-            return false;
+        let guarded = max > 0 && !self.auth_lockout_exempt(ip);
+        if guarded && !self.shared.auth_lockout.begin(ip, max, window) {
+            metrics()
+                .limits
+                .auth_lockouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(client = %ip, user = %user, "auth refused: too many failures from this address");
+            self.session.hook_done(crate::hooks::HookResult::with_msg(
+                crate::hooks::Outcome::DenySoftDisconnect,
+                "Too many authentication failures from your address, try again later",
+            ));
+            return true;
         }
-        metrics()
-            .limits
-            .auth_lockouts
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!(client = %ip, user = %user, "auth refused: too many failures from this address");
-        self.session.hook_done(crate::hooks::HookResult::with_msg(
-            crate::hooks::Outcome::DenySoftDisconnect,
-            "Too many authentication failures from your address, try again later",
-        ));
-        true
+        let ok = self.run_chain(hook).await;
+        if guarded {
+            let n = self.session.conn().auth_failures;
+            let new = n.saturating_sub(self.auth_failures_counted);
+            self.auth_failures_counted = n;
+            self.shared.auth_lockout.end(ip, new, max, window);
+        }
+        ok
     }
 
     /// Run the plugin chain; false when a plugin panicked (the connection is then closed).
     async fn hook(&mut self, hook: crate::hooks::Hook) -> bool {
         if let crate::hooks::Hook::Auth(a) = &hook {
-            if self.auth_locked_out(&a.user) {
-                return true;
-            }
+            let user = a.user.clone();
+            return self.auth_hook(hook, &user).await;
         }
+        self.run_chain(hook).await
+    }
+
+    async fn run_chain(&mut self, hook: crate::hooks::Hook) -> bool {
         if hook == crate::hooks::Hook::ConnectInit {
             super::proxy::log_xclient(self.session.conn());
         }
