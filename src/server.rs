@@ -64,6 +64,7 @@ pub fn prepare(cfg: &Config, registry: &PluginRegistry) -> Result<Prepared, Star
         reload: std::sync::OnceLock::new(),
         tls: std::sync::RwLock::new(tls),
         limits: crate::limits::ConnLimits::new(cfg.limits.clone()),
+        swap: std::sync::RwLock::new(()),
         auth_lockout: Default::default(),
         deadlines: std::sync::RwLock::new(cfg.deadlines.clone()),
     });
@@ -496,12 +497,17 @@ impl Reloader {
             }
         };
         let session = cfg.session_for(&chain);
-        shared.replace(chain, session);
-        // Certificates are read again: renewed ones apply to new sessions.
-        shared.replace_tls(tls);
-        // Connection limits apply to connections admitted from now on (the counts stay).
-        shared.limits.set_config(cfg.limits.clone());
-        *shared.deadlines.write().unwrap_or_else(|p| p.into_inner()) = cfg.deadlines.clone();
+        {
+            // All at once: a connection starting now sees the old settings or the new ones,
+            // never a mix (see `Shared::swap`).
+            let _all_at_once = shared.swap.write().unwrap_or_else(|p| p.into_inner());
+            shared.replace(chain, session);
+            // Certificates are read again: renewed ones apply to new sessions.
+            shared.replace_tls(tls);
+            // Connection limits apply to connections admitted from now on (the counts stay).
+            shared.limits.set_config(cfg.limits.clone());
+            *shared.deadlines.write().unwrap_or_else(|p| p.into_inner()) = cfg.deadlines.clone();
+        }
         let outbound = self.reload_outbound(shared, &cfg);
         let restart = self.restart_needed(&cfg);
         for what in &restart {

@@ -53,6 +53,10 @@ pub struct Shared {
     pub limits: Arc<crate::limits::ConnLimits>,
     /// AUTH failures per client address over all connections (`auth.ini lockout_*`).
     pub auth_lockout: crate::limits::AuthLockout,
+    /// Held for writing while a reload swaps the plugins, session settings, TLS, limits and
+    /// deadlines, and for reading while a new connection takes its copies of them: so a
+    /// connection gets all old or all new settings. Always taken before those locks.
+    pub swap: std::sync::RwLock<()>,
     /// Slow-client deadlines (`connection.ini [deadline]`), swapped on reload; a connection
     /// keeps the ones it started with.
     pub deadlines: std::sync::RwLock<DeadlineConfig>,
@@ -97,11 +101,14 @@ impl ConnectionActor {
         implicit_tls: bool,
     ) -> Self {
         let conn = Connection::new(peer, local);
-        let (chain, cfg) = shared.snapshot();
-        let tls = shared.tls();
+        let (chain, cfg, tls, deadline_cfg) = {
+            let _consistent = shared.swap.read().unwrap_or_else(|p| p.into_inner());
+            let (chain, cfg) = shared.snapshot();
+            let deadlines = shared.deadlines.read().unwrap_or_else(|p| p.into_inner()).clone();
+            (chain, cfg, shared.tls(), deadlines)
+        };
         let session = Session::new(cfg, conn);
         let started = std::time::Instant::now();
-        let deadline_cfg = shared.deadlines.read().unwrap_or_else(|p| p.into_inner()).clone();
         ConnectionActor {
             driver: Some(Driver {
                 stream: Stream::Plain(stream),
