@@ -819,3 +819,56 @@ fn binarymime_with_binary_content_is_returned_with_5_6_3() {
     assert_eq!(msgs.len(), 1, "the binary message itself went out");
     assert_failure_dsn(&msgs[0], "alice@sender.test", "rfc822; bob@remote.test", "5.6.3");
 }
+
+// ----- delay warnings (outbound.ini delay_warning) ------------------------------------------------
+
+/// Flush once the queue manager holds one waiting item and none in flight (a flush only moves
+/// items the manager already has waiting).
+fn flush_when_waiting(srv: &TestServer) {
+    let ready = eventually(WAIT, || {
+        srv.server
+            .queue_counts()
+            .is_some_and(|c| c.waiting == 1 && c.in_flight == 0)
+    });
+    assert!(ready, "queue manager: {:?}", srv.server.queue_counts());
+    srv.server.flush_queue();
+}
+
+#[test]
+fn a_delayed_message_gives_its_sender_one_delay_warning() {
+    // The next hop keeps answering 451 for bob; it is also the sender's MX.
+    let sink = Sink::builder().rcpt_reply("bob@", "451 4.2.0 mailbox busy").start();
+    let dns = remote_and_sender_dns();
+    let outbound = format!(
+        "[main]\nnameservers={}\nmx_port={}\nlocal_mx_ok=true\ntemp_fail_intervals=1h*20\n\
+         connect_timeout=5\nreply_timeout=30\ndelay_warning=1\n",
+        dns.addr(),
+        sink.port()
+    );
+    let srv = start(|d| relay_config(d, &outbound));
+    submit(&srv, "alice@sender.test", &["bob@remote.test"], BODY);
+    let refused = |n: usize| eventually(WAIT, || sink.refusals().len() >= n);
+    assert!(refused(1), "first attempt: {:?}", sink.stats());
+    // Younger than delay_warning at its first deferral: no warning yet.
+    std::thread::sleep(Duration::from_millis(1100));
+    flush_when_waiting(&srv);
+    assert!(refused(2), "second attempt: {:?}", sink.stats());
+    assert!(sink.wait_for(1, WAIT), "no delay warning; sink saw {:?}", sink.stats());
+    let warnings = || sink.messages().into_iter().filter(|m| m.mail_from.is_empty()).count();
+    let m = sink
+        .messages()
+        .into_iter()
+        .find(|m| m.mail_from.is_empty())
+        .expect("a DSN");
+    assert_eq!(m.rcpts, vec!["alice@sender.test".to_string()]);
+    let dsn = common::dsn::Dsn::parse(&m);
+    assert_eq!(dsn.rcpt("Action").as_deref(), Some("delayed"), "{}", m.text());
+    assert!(dsn.rcpt("Status").is_some_and(|s| s.starts_with("4.")), "{}", m.text());
+    assert!(dsn.rcpt("Will-Retry-Until").is_some(), "{}", m.text());
+    // A third attempt, refused again: still one warning, the item still queued.
+    flush_when_waiting(&srv);
+    assert!(refused(3), "third attempt: {:?}", sink.stats());
+    flush_when_waiting(&srv);
+    assert_eq!(warnings(), 1, "warned more than once");
+    assert_eq!(srv.queue_files().len(), 1, "{:?}", srv.queue_files());
+}

@@ -819,6 +819,40 @@ fn bounce_request(item: &QueueItem, id: &str, eight_bit: bool, utf8: bool) -> Re
 }
 
 /// Temporary failure: the `deferred` hook, then a durable rename or rewrite for the retry.
+/// The queue file's mark that the sender got its delay warning.
+const DELAY_WARNED: &str = "delay_warned";
+
+/// `outbound.ini delay_warning`: once the item is that old, send its sender one `delayed` DSN
+/// for the recipients still waiting (those whose NOTIFY asks for DELAY, or that gave no
+/// NOTIFY, as Postfix does). True when one was queued now (the item must remember it).
+async fn delay_warning(cx: &DeliveryCtx, item: &QueueItem, temp: &[(TodoAddress, Reason)]) -> bool {
+    let after = cx.outbound().delay_warning;
+    let age = now_ms().saturating_sub(item.todo.queue_time);
+    let done = item.todo.extra.get(DELAY_WARNED).and_then(|v| v.as_bool()) == Some(true);
+    if after.is_zero() || done || age < after.as_millis() as u64 || dsn::is_null_sender(&item.todo.mail_from) {
+        return false;
+    }
+    let until = item.todo.queue_time + cx.schedule().total().as_millis() as u64;
+    let reports: Vec<RecipientReport> = temp
+        .iter()
+        .filter(|(a, _)| match dsn::notify_keywords(a) {
+            Some(k) if !k.is_empty() => dsn::should_notify(Some(&k), DsnAction::Delayed),
+            _ => true,
+        })
+        .map(|(a, r)| {
+            let mut rep = report(a, r);
+            rep.action = DsnAction::Delayed;
+            rep.will_retry_until = Some(until);
+            rep
+        })
+        .collect();
+    if reports.is_empty() {
+        return false;
+    }
+    tracing::info!(uuid = %item.todo.uuid, file = %item.name, recipients = reports.len(), "delay warning");
+    queue_dsn(cx, item, reports).await
+}
+
 async fn defer(cx: &DeliveryCtx, mut item: QueueItem, temp: Vec<(TodoAddress, Reason)>, failures: u32) -> Finished {
     let delay = cx
         .schedule()
@@ -838,11 +872,15 @@ async fn defer(cx: &DeliveryCtx, mut item: QueueItem, temp: Vec<(TodoAddress, Re
         _ => delay,
     };
     let due = now_ms() + delay * 1000;
+    let warned = delay_warning(cx, &item, &temp).await;
     let all = temp.len() == item.todo.rcpt_to.len();
-    if all {
+    if all && !warned {
         return retry_as_is(cx, &item, failures, delay);
     }
     let mut todo = item.todo.clone();
+    if warned {
+        todo.extra.insert(DELAY_WARNED.into(), serde_json::Value::Bool(true));
+    }
     todo.rcpt_to = temp
         .into_iter()
         .map(|(mut a, r)| {

@@ -48,6 +48,9 @@ pub struct OutboundConfig {
     pub pool_idle_timeout: Duration,
     /// posta: seconds to wait for each reply from the remote MTA.
     pub reply_timeout: Duration,
+    /// posta: `delay_warning` seconds after arrival, a deferred message's sender gets one
+    /// "delayed" DSN (Postfix's `delay_warning_time`); zero: never.
+    pub delay_warning: Duration,
     /// `tls.ini [outbound] no_tls_hosts[]`: hosts (names or addresses) never offered STARTTLS.
     pub no_tls_hosts: Vec<String>,
     /// posta: the port of MX hosts found in DNS (25; tests and port-redirecting setups
@@ -119,6 +122,10 @@ impl OutboundConfig {
             max_connections_per_mx: per_mx as usize,
             pool_idle_timeout: Duration::from_secs(f.u64("main", "pool_idle_timeout", 30)?),
             reply_timeout: Duration::from_secs(f.u64("main", "reply_timeout", 300)?.max(1)),
+            delay_warning: match f.u64("main", "delay_warning", 0)? {
+                s @ 0..=2_592_000 => Duration::from_secs(s),
+                _ => return Err(f.invalid("main", "delay_warning", "at most 2592000 seconds (30 days)")),
+            },
             no_tls_hosts: Vec::new(),
             mx_port: match f.u64("main", "mx_port", 25)? {
                 p @ 1..=65535 => p as u16,
