@@ -161,15 +161,7 @@ fn brute_force_slows_down_then_421() {
 
 /// A client from `source` (a loopback address), greeted.
 fn client_from(source: &str, to: SocketAddr) -> Client {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::new(source.parse().unwrap(), 0).into()).unwrap();
-    sock.connect(&to.into()).unwrap();
-    let stream: TcpStream = sock.into();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    stream.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut reader = std::io::BufReader::new(stream);
-    let greeting = read_reply(&mut reader).expect("greeting");
-    Client { reader, greeting }
+    Client::connect_from(source.parse().unwrap(), to)
 }
 
 /// `lockout_failures` counts an address's failures over all its connections: once reached,

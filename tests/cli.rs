@@ -65,6 +65,22 @@ fn bad_values_are_named() {
             "actors.ini: [concurrency] commits",
         ),
         (
+            "outbound.ini",
+            "[main]\ndelay_warning=99999999\n",
+            "outbound.ini: [main] delay_warning",
+        ),
+        ("outbound.ini", "[main]\ndelay_warning=soon\n", "[main] delay_warning"),
+        (
+            "auth.ini",
+            "[main]\nlockout_window=0\n",
+            "auth.ini: [main] lockout_window",
+        ),
+        (
+            "auth.ini",
+            "[main]\nlockout_failures=-1\n",
+            "auth.ini: [main] lockout_failures",
+        ),
+        (
             "actors.ini",
             "[mailbox]\ntransaction=lots\n",
             "actors.ini: [mailbox] transaction",

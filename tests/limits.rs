@@ -20,11 +20,7 @@ fn limits_server(max: &str) -> TestServer {
 
 /// Connect from `source` (a loopback address) and read the first reply.
 fn connect_from(source: IpAddr, to: SocketAddr) -> (TcpStream, Option<Reply>) {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::new(source, 0).into()).unwrap();
-    sock.connect(&to.into()).unwrap();
-    let stream: TcpStream = sock.into();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let stream = common::connect_bound(source, to);
     let mut r = std::io::BufReader::new(stream.try_clone().unwrap());
     let reply = read_reply(&mut r);
     (stream, reply)

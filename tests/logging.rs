@@ -32,20 +32,9 @@ fn spawn(cmd: &str, cfg: &Path) -> (Child, JoinHandle<String>) {
     common::process::spawn_captured(cmd, cfg, None)
 }
 
-/// Wait (bounded) for the child to exit; kill it if it does not.
+/// Wait (bounded) for the child to exit; kill it and fail if it does not.
 fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("posta did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::process::wait_exit(child, within).unwrap_or_else(|| panic!("posta did not exit within {within:?}"))
 }
 
 /// Start the daemon, wait until it listens, SIGTERM it; its exit status and stderr.

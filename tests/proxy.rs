@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv6Addr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use common::haproxy::{connect_from, Haproxy, Version};
+use common::haproxy::{Haproxy, Version};
 use common::process;
 use common::whoami::{field, registry};
 use common::*;
@@ -263,7 +263,7 @@ fn through_haproxy(version: Version) {
     let srv = server();
     let proxy = Haproxy::start(srv.addr(), version);
     let client_ip: IpAddr = "127.0.0.5".parse().unwrap();
-    let stream = connect_from(client_ip, proxy.addr);
+    let stream = connect_bound(client_ip, proxy.addr);
     let client_port = stream.local_addr().unwrap().port();
     let mut reader = BufReader::new(stream);
     let greeting = read_reply(&mut reader).expect("banner through haproxy");
@@ -410,12 +410,7 @@ fn required_ports_refuse_direct_clients() {
     assert_eq!(c.greeting.code, 421, "{:?}", c.greeting);
     assert!(c.greeting.text().contains("through the proxy only"), "{:?}", c.greeting);
     // The proxy (127.0.0.9) with its header gets the banner.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 9], 0)).into())
-        .unwrap();
-    sock.connect(&srv.addr().into()).unwrap();
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut s = common::connect_bound([127, 0, 0, 9].into(), srv.addr());
     s.write_all(b"PROXY TCP4 192.0.2.20 198.51.100.1 40000 25\r\n").unwrap();
     let mut reader = BufReader::new(s);
     let greeting = read_reply(&mut reader).expect("banner");

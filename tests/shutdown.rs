@@ -74,14 +74,7 @@ fn second_signal_stops_at_once() {
 
 /// Wait (bounded) for the child to exit; its exit code.
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if let Ok(Some(st)) = child.try_wait() {
-            return st.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
+    common::process::wait_exit(child, limit).and_then(|s| s.code())
 }
 
 /// SIGTERM in the middle of traffic (clients sending, deliveries running): posta exits 0, and

@@ -2,7 +2,7 @@
 //! `scripts/test-deps.sh` installs it when it is missing.
 
 use std::io::Read;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -114,17 +114,4 @@ fn find(name: &str) -> Option<PathBuf> {
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file());
     found
-}
-
-/// Connect to `to` from the local address `src` (e.g. 127.0.0.5), so the client address a
-/// proxy reports differs from the proxy's own 127.0.0.1.
-pub fn connect_from(src: IpAddr, to: SocketAddr) -> TcpStream {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::for_address(to), Type::STREAM, None).unwrap();
-    s.bind(&SocketAddr::new(src, 0).into()).unwrap();
-    s.connect_timeout(&to.into(), Duration::from_secs(10)).unwrap();
-    let stream: TcpStream = s.into();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    stream.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
-    stream
 }

@@ -121,11 +121,34 @@ pub struct Client {
     pub greeting: Reply,
 }
 
+/// A TCP connection to `to` from the local address `source` (another loopback address stands
+/// for another client, e.g. one a proxy reports), connect bounded at 10 s, with the tests'
+/// 20 s read and write timeouts.
+pub fn connect_bound(source: std::net::IpAddr, to: SocketAddr) -> TcpStream {
+    let domain = socket2::Domain::for_address(to);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(source, 0).into()).unwrap();
+    sock.connect_timeout(&to.into(), Duration::from_secs(10)).unwrap();
+    let stream: TcpStream = sock.into();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream
+}
+
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         stream.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        Client::greeted(stream)
+    }
+
+    /// Connect from the local address `source` ([`connect_bound`]).
+    pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> Client {
+        Client::greeted(connect_bound(source, addr))
+    }
+
+    fn greeted(stream: TcpStream) -> Client {
         let mut reader = BufReader::new(stream);
         let greeting = read_reply(&mut reader).expect("greeting");
         Client { reader, greeting }

@@ -88,3 +88,20 @@ pub fn spawn_captured(cmd: &str, cfg: &Path, log: Option<&str>) -> (Child, std::
     });
     (child, reader)
 }
+
+/// Wait (bounded) for a child to exit: its status, or `None` after `within` (it is then
+/// killed and reaped, so no test leaves a daemon behind).
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
